@@ -1,0 +1,1 @@
+"""Feature extraction shared by serving and training: one code path, one versioned spec."""

@@ -1,0 +1,1 @@
+"""Model bundles: the format the service loads, and the shipped default under default/."""

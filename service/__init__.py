@@ -1,0 +1,1 @@
+"""The outguard service: HTTP API, identity, decisions and actions."""

@@ -1,0 +1,131 @@
+"""HTTP routes: scoring, and the operational endpoints (health, readiness, metrics)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+import orjson
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from features.message import Attachment
+from service.api.auth import require
+from service.api.schemas import BatchIn, BatchOut, ErrorOut, MessageIn, ScoreOut
+from service.container import Container
+from service.errors import NotReady, PayloadTooLarge
+from service.scoring import MessageInput, ScoreResult
+from service.settings import Scope
+
+ERRORS = {
+    400: {"model": ErrorOut, "description": "Malformed JSON"},
+    401: {"model": ErrorOut, "description": "Missing or unknown token"},
+    403: {"model": ErrorOut, "description": "Token lacks the scope"},
+    413: {"model": ErrorOut, "description": "Message or batch over the configured limit"},
+    422: {"model": ErrorOut, "description": "A field is missing or invalid"},
+}
+
+scoring = APIRouter(prefix="/v1", tags=["scoring"], dependencies=[Depends(require(Scope.SCORE))], responses=ERRORS)
+operations = APIRouter(tags=["operations"])
+
+
+def get_container(request: Request) -> Container:
+    return request.app.state.container
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+
+
+def to_input(message: MessageIn, container: Container, position: str = "") -> MessageInput:
+    limits = container.settings
+    if message.raw is not None and len(message.raw) > limits.max_raw_bytes:
+        # len() counts characters; a message over the limit in characters is over it in bytes too.
+        raise PayloadTooLarge(
+            f"{position}raw is {len(message.raw)} characters, over the limit of {limits.max_raw_bytes} bytes"
+        )
+    if len(message.recipients) > limits.max_recipients:
+        raise PayloadTooLarge(
+            f"{position}recipients has {len(message.recipients)} entries, over the limit of {limits.max_recipients}"
+        )
+    timestamp = message.timestamp or datetime.now(UTC)
+    return MessageInput(
+        message_id=message.message_id,
+        timestamp=timestamp.timestamp(),
+        relay=message.relay,
+        account=message.account,
+        sasl_username=message.sasl_username,
+        client_ip=message.client_ip,
+        helo=message.helo,
+        envelope_from=message.envelope_from,
+        recipients=message.recipients,
+        raw=message.raw,
+        headers=message.headers,
+        subject=message.subject,
+        text=message.text,
+        html=message.html,
+        attachments=[Attachment(a.filename, a.content_type, a.size) for a in message.attachments]
+        if message.attachments is not None
+        else None,
+    )
+
+
+def to_json(result: ScoreResult) -> dict[str, object]:
+    return {
+        "message_id": result.message_id,
+        "account": result.account,
+        "identity_source": result.identity_source,
+        "spam_probability": result.spam_probability,
+        "account_risk": result.account_risk,
+        "action": result.action,
+        "lock_recommended": result.lock_recommended,
+        "account_locked": result.account_locked,
+        "reasons": [
+            {"name": r.name, "value": r.value, "contribution": r.contribution, "description": r.description}
+            for r in result.reasons
+        ],
+        "model_version": result.model_version,
+    }
+
+
+def json_response(body: object) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+# Hot routes answer with orjson bytes directly: the response model documents them,
+# but building and re-validating pydantic models per message would only cost time.
+@scoring.post("/score", response_model=ScoreOut, summary="Score one outgoing message")
+async def score(message: MessageIn, container: ContainerDep) -> Response:
+    [result] = await container.scorer.score([to_input(message, container)])
+    return json_response(to_json(result))
+
+
+@scoring.post("/score/batch", response_model=BatchOut, summary="Score up to max_batch messages, answered in order")
+async def score_batch(batch: BatchIn, container: ContainerDep) -> Response:
+    if len(batch.messages) > container.settings.max_batch:
+        raise PayloadTooLarge(
+            f"batch has {len(batch.messages)} messages, over the limit of {container.settings.max_batch}"
+        )
+    inputs = [to_input(m, container, f"messages.{i}.") for i, m in enumerate(batch.messages)]
+    results = await container.scorer.score(inputs)
+    return json_response({"results": [to_json(r) for r in results]})
+
+
+@operations.get("/healthz", summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@operations.get("/readyz", summary="Model loaded and storage reachable")
+async def readyz(container: ContainerDep) -> dict[str, object]:
+    checks = {"model": container.model.current is not None, "event_log": await container.events.ping()}
+    if not all(checks.values()):
+        failing = ", ".join(name for name, ok in checks.items() if not ok)
+        raise NotReady(f"not ready: {failing}")
+    return {"status": "ready", "model_version": container.model.current.version, "checks": checks}
+
+
+@operations.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(container: ContainerDep) -> Response:
+    container.metrics.event_queue_depth.set(container.events.queue_depth)
+    return Response(generate_latest(container.metrics.registry), media_type=CONTENT_TYPE_LATEST)

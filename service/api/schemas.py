@@ -1,0 +1,118 @@
+"""Request and response bodies at the HTTP edge (pydantic). Inside, plain dataclasses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from ipaddress import ip_address
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+ShortText = Annotated[str, StringConstraints(max_length=998)]
+Relay = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
+
+
+class AttachmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filename: Annotated[str, StringConstraints(max_length=1024)] = ""
+    content_type: Annotated[str, StringConstraints(max_length=255)] = "application/octet-stream"
+    size: int = Field(default=0, ge=0, description="Bytes")
+
+
+class MessageIn(BaseModel):
+    """One outgoing message: metadata, and content as `raw` or as structured fields (not both)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "message_id": "<20261123.1234@mail.example.net>",
+                "timestamp": "2026-11-23T10:15:00Z",
+                "relay": "smtp-out-1",
+                "sasl_username": "alice@example.net",
+                "client_ip": "203.0.113.7",
+                "envelope_from": "alice@example.net",
+                "recipients": ["bob@example.org"],
+                "raw": "From: Alice <alice@example.net>\r\nTo: bob@example.org\r\n"
+                "Subject: lunch\r\n\r\nTomorrow at 1?\r\n",
+            }
+        },
+    )
+
+    message_id: Annotated[str, StringConstraints(min_length=1, max_length=998)]
+    timestamp: datetime | None = Field(default=None, description="RFC 3339; default now. Windows use it.")
+    relay: Relay = "default"
+    account: ShortText | None = None
+    sasl_username: ShortText | None = None
+    client_ip: str | None = None
+    helo: ShortText | None = None
+    envelope_from: ShortText | None = None
+    recipients: list[ShortText] = Field(default_factory=list)
+    raw: str | None = Field(default=None, description="The whole RFC 5322 message")
+    headers: list[tuple[str, str]] | None = None
+    subject: str | None = None
+    text: str | None = None
+    html: str | None = None
+    attachments: list[AttachmentIn] | None = None
+
+    @field_validator("client_ip")
+    @classmethod
+    def _valid_ip(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            return str(ip_address(value.strip().strip("[]")))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+
+    @field_validator("timestamp")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+    @model_validator(mode="after")
+    def _one_content_shape(self) -> MessageIn:
+        structured = [
+            name for name in ("headers", "subject", "text", "html", "attachments") if getattr(self, name) is not None
+        ]
+        if self.raw is not None and structured:
+            raise ValueError(
+                f"give the content either as `raw` or as structured fields, not both (got raw and {structured})"
+            )
+        return self
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[MessageIn] = Field(min_length=1)
+
+
+class ReasonOut(BaseModel):
+    name: str
+    value: float
+    contribution: float = Field(description="Push towards spam in log-odds (TreeSHAP); negative pulls towards ham")
+    description: str
+
+
+class ScoreOut(BaseModel):
+    message_id: str
+    account: str
+    identity_source: str
+    spam_probability: float | None = Field(description="Calibrated, 0..1; null when the account is locked")
+    account_risk: float
+    action: str = Field(description="accept | defer | hold | reject")
+    lock_recommended: bool
+    account_locked: bool
+    reasons: list[ReasonOut]
+    model_version: str
+
+
+class BatchOut(BaseModel):
+    results: list[ScoreOut]
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: str | list[dict[str, object]]

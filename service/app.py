@@ -1,0 +1,83 @@
+"""The app factory: `create_app(settings)` wires stores, model and routes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.auth import TokenAuth
+from service.api.routes import operations, scoring
+from service.container import build_container
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Routes measured under their own label; anything else is "other" (bounded cardinality).
+KNOWN_ROUTES = frozenset({"/v1/score", "/v1/score/batch", "/healthz", "/readyz", "/metrics"})
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: request counts and latency per route."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in KNOWN_ROUTES else "other"
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    container = build_container(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        log.info("outguard ready: model %s", container.model.current.version)
+        try:
+            yield
+        finally:
+            container.close()
+
+    app = FastAPI(
+        title="outguard",
+        version="0.1.0",
+        summary="Outbound-spam scoring: a calibrated spam probability, an action and reasons per outgoing message.",
+        lifespan=lifespan,
+    )
+    app.state.container = container
+    app.state.auth = TokenAuth(settings)
+    install_error_handlers(app)
+    app.include_router(scoring)
+    app.include_router(operations)
+    app.add_middleware(RequestMetrics, metrics=container.metrics)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """For `uvicorn --factory`: settings from the OUTGUARD_* environment."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(Settings())

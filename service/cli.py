@@ -1,0 +1,126 @@
+"""The `outguard` command line: serve, train, evaluate."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from service.settings import Settings
+
+app = typer.Typer(help="outguard: outbound-spam scoring for relays.", no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: OUTGUARD_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: OUTGUARD_PORT)")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    settings = Settings()
+    host = host or settings.host
+    port = port or settings.port
+    if not settings.auth_enabled and not _is_loopback(host):
+        console.print(
+            f"[red]Refusing to bind {host}: no tokens are configured, so anyone who can reach it could "
+            "use the API. Set OUTGUARD_TOKENS (see README) or bind 127.0.0.1.[/red]"
+        )
+        raise typer.Exit(2)
+    if not settings.auth_enabled:
+        console.print(f"[yellow]No OUTGUARD_TOKENS set: auth is off, serving on loopback {host} only.[/yellow]")
+    uvicorn.run(
+        "service.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+    )
+
+
+def _settings_with(model_dir: Path | None, data_dir: Path | None) -> Settings:
+    settings = Settings()
+    updates = {k: v for k, v in {"model_dir": model_dir, "data_dir": data_dir}.items() if v is not None}
+    return settings.model_copy(update=updates)
+
+
+@app.command()
+def train(
+    output: Annotated[Path | None, typer.Option(help="Bundle directory (default: OUTGUARD_MODEL_DIR)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Corpora folder (default: OUTGUARD_DATA_DIR)")] = None,
+    max_rows: Annotated[int | None, typer.Option(help="Subsample to this many messages (quick runs)")] = None,
+    no_cache: Annotated[bool, typer.Option(help="Re-extract features instead of using the cache")] = False,
+) -> None:
+    """Train the content model on the public corpora and write a bundle with its model card."""
+    from training.dataset import build_corpus_dataset
+    from training.train import TrainConfig, train_and_save
+
+    settings = _settings_with(output, data_dir)
+    frame = build_corpus_dataset(settings.data_dir, settings.cache_dir, use_cache=not no_cache)
+    config = TrainConfig(thresholds=_thresholds(settings), max_rows=max_rows)
+    bundle = train_and_save(frame, config, settings.model_dir, console)
+    console.print(f"wrote bundle [bold]{bundle.version}[/bold] to {settings.model_dir}")
+    _print_metrics(bundle.metrics["test"], "held-out test (as trained)")
+
+
+@app.command()
+def evaluate(
+    model_dir: Annotated[Path | None, typer.Option(help="Bundle directory (default: OUTGUARD_MODEL_DIR)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Corpora folder (default: OUTGUARD_DATA_DIR)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Re-measure a bundle's model-card figures on the held-out test split."""
+    from models.bundle import load_bundle
+    from training.dataset import build_corpus_dataset
+    from training.evaluate import evaluate_bundle
+
+    settings = _settings_with(model_dir, data_dir)
+    bundle = load_bundle(settings.model_dir)
+    frame = build_corpus_dataset(settings.data_dir, settings.cache_dir)
+    metrics = evaluate_bundle(bundle, frame, _thresholds(settings))
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    _print_metrics(metrics, f"{bundle.version}: held-out test (re-measured)", bundle.metrics.get("test"))
+
+
+def _thresholds(settings: Settings) -> dict[str, float]:
+    return {"hold": settings.hold_threshold, "reject": settings.reject_threshold}
+
+
+def _print_metrics(metrics: dict[str, float], title: str, card: dict[str, float] | None = None) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if card is not None:
+        table.add_column("model card", justify="right")
+    for key, value in metrics.items():
+        cells = [key, f"{value:.4f}" if isinstance(value, float) else str(value)]
+        if card is not None:
+            known = card.get(key)
+            cells.append(f"{known:.4f}" if isinstance(known, float) else str(known if known is not None else ""))
+        table.add_row(*cells)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

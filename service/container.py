@@ -1,0 +1,74 @@
+"""The wired service: settings, model, stores, scorer and metrics, built once per app."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.bundle import load_bundle
+from service.decision import DecisionPolicy
+from service.metrics import Metrics
+from service.scoring import ModelHolder, Scorer
+from service.settings import Settings
+from service.stores import AccountStateStore, BehaviourStore
+from service.stores.memory import MemoryAccountStateStore, MemoryBehaviourStore
+from service.stores.sqlite_events import SqliteEventLog
+
+log = logging.getLogger(__name__)
+
+RECIPIENT_KEY_FILE = "recipient-hash.key"
+
+
+@dataclass
+class Container:
+    settings: Settings
+    model: ModelHolder
+    events: SqliteEventLog
+    behaviour: BehaviourStore
+    accounts: AccountStateStore
+    metrics: Metrics
+    scorer: Scorer
+
+    def close(self) -> None:
+        self.events.close()
+
+
+def recipient_hash_key(settings: Settings) -> bytes:
+    """The configured key, or one generated once and kept in the state folder."""
+    if settings.recipient_hash_key is not None:
+        return settings.recipient_hash_key.get_secret_value().encode()
+    path: Path = settings.state_dir / RECIPIENT_KEY_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+        log.info("generated a recipient hashing key at %s", path)
+    return path.read_text().strip().encode()
+
+
+def build_container(settings: Settings) -> Container:
+    bundle = load_bundle(settings.model_dir)
+    metrics = Metrics()
+    metrics.model_info.labels(bundle.version, bundle.feature_spec_version).set(1)
+    events = SqliteEventLog(settings.sqlite_path, settings.event_queue_max, on_drop=metrics.events_dropped.inc)
+    behaviour = MemoryBehaviourStore(settings.max_tracked_accounts)
+    accounts = MemoryAccountStateStore(settings.max_tracked_accounts)
+    model = ModelHolder(bundle)
+    scorer = Scorer(
+        model=model,
+        behaviour=behaviour,
+        accounts=accounts,
+        events=events,
+        metrics=metrics,
+        policy=DecisionPolicy(
+            hold_threshold=settings.hold_threshold,
+            reject_threshold=settings.reject_threshold,
+            lock_threshold=settings.lock_threshold,
+            evidence_clip=settings.evidence_clip,
+        ),
+        recipient_hash_key=recipient_hash_key(settings),
+        reasons=settings.reasons,
+    )
+    return Container(settings, model, events, behaviour, accounts, metrics, scorer)

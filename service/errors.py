@@ -1,0 +1,80 @@
+"""The service's exceptions, and their mapping to HTTP answers, in one place.
+
+Every error answer is JSON `{"error": code, "detail": ...}` saying what was wrong;
+nothing reaches the client as a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class OutguardError(Exception):
+    status = 400
+    code = "bad_request"
+    headers: ClassVar[dict[str, str] | None] = None
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class PayloadTooLarge(OutguardError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unauthenticated(OutguardError):
+    status = 401
+    code = "unauthenticated"
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(OutguardError):
+    status = 403
+    code = "forbidden"
+
+
+class NotReady(OutguardError):
+    status = 503
+    code = "not_ready"
+
+
+def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, object]]]:
+    problems = []
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            ctx = error.get("ctx") or {}
+            return "malformed_json", [{"field": "body", "problem": f"malformed JSON: {ctx.get('error', 'invalid')}"}]
+        location = [str(part) for part in error.get("loc", ()) if part != "body"]
+        problems.append({"field": ".".join(location) or "body", "problem": error.get("msg", "invalid")})
+    return "invalid_request", problems
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OutguardError)
+    async def _outguard(_: Request, exc: OutguardError) -> JSONResponse:
+        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        code, problems = _validation_detail(exc)
+        return JSONResponse({"error": code, "detail": problems}, status_code=400 if code == "malformed_json" else 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal", "detail": "internal error; it has been logged"}, status_code=500)

@@ -1,0 +1,242 @@
+"""The scoring pipeline: request -> identity -> features -> model -> decision -> actions.
+
+A batch goes through in order: each message is parsed and counted in its account's
+windows, then one model call scores every row, then decisions are taken in order so
+that a message sees the evidence of the messages before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from features.behaviour import Observation, recipient_domain
+from features.message import Attachment, ParsedMessage, parse_raw, parse_structured
+from features.spec import BY_NAME
+from features.vector import assemble, content_vector
+from models.bundle import ModelBundle, Prediction
+from service.decision import Decision, DecisionPolicy, decide, locked_decision, message_evidence, update_account
+from service.identity import Identity, IdentityRule, resolve_identity
+from service.metrics import Metrics
+from service.stores import AccountKey, AccountStateStore, BehaviourStore, EventLog, ScoredEvent
+
+
+@dataclass(slots=True)
+class MessageInput:
+    """A message as the API hands it over: metadata plus raw or structured content."""
+
+    message_id: str
+    timestamp: float
+    relay: str
+    account: str | None = None
+    sasl_username: str | None = None
+    client_ip: str | None = None
+    helo: str | None = None
+    envelope_from: str | None = None
+    recipients: Sequence[str] = ()
+    raw: str | None = None
+    headers: list[tuple[str, str]] | None = None
+    subject: str | None = None
+    text: str | None = None
+    html: str | None = None
+    attachments: list[Attachment] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    name: str
+    value: float
+    contribution: float
+    description: str
+
+
+@dataclass(slots=True)
+class ScoreResult:
+    message_id: str
+    account: str
+    identity_source: str
+    spam_probability: float | None
+    account_risk: float
+    action: str
+    lock_recommended: bool
+    account_locked: bool
+    reasons: list[Reason]
+    model_version: str
+
+
+class ModelHolder:
+    """The bundle in use. Swapping `current` is atomic; a request keeps the bundle it started with."""
+
+    def __init__(self, bundle: ModelBundle) -> None:
+        self.current = bundle
+
+
+@dataclass(slots=True)
+class _Pending:
+    message: MessageInput
+    key: AccountKey
+    identity: Identity
+    row: np.ndarray | None  # None: the account is locked, the model does not run
+    recipients_hashed: list[str]
+
+
+class Scorer:
+    def __init__(
+        self,
+        *,
+        model: ModelHolder,
+        behaviour: BehaviourStore,
+        accounts: AccountStateStore,
+        events: EventLog,
+        metrics: Metrics,
+        policy: DecisionPolicy,
+        recipient_hash_key: bytes,
+        reasons: int,
+        identity_rules: Sequence[IdentityRule] = (),
+    ) -> None:
+        self.model = model
+        self.behaviour = behaviour
+        self.accounts = accounts
+        self.events = events
+        self.metrics = metrics
+        self.policy = policy
+        self.recipient_hash_key = recipient_hash_key
+        self.reasons = reasons
+        self.identity_rules = identity_rules
+
+    def hash_recipient(self, address: str) -> str:
+        digest = hmac.new(self.recipient_hash_key, address.strip().lower().encode(), hashlib.sha256)
+        return digest.hexdigest()[:32]
+
+    async def score(self, messages: Sequence[MessageInput]) -> list[ScoreResult]:
+        bundle = self.model.current
+        pending = [await self._prepare(message, bundle) for message in messages]
+        rows = [p.row for p in pending if p.row is not None]
+        prediction = bundle.predict(np.vstack(rows)) if rows else None
+        results = []
+        scored = 0
+        for item in pending:
+            if item.row is None:
+                results.append(await self._finish_locked(item, bundle))
+                continue
+            assert prediction is not None
+            results.append(await self._finish(item, bundle, prediction, scored))
+            scored += 1
+        return results
+
+    async def _prepare(self, message: MessageInput, bundle: ModelBundle) -> _Pending:
+        parsed = _parse(message)
+        identity = resolve_identity(
+            account=message.account,
+            sasl_username=message.sasl_username,
+            envelope_from=message.envelope_from,
+            client_ip=message.client_ip,
+            headers=parsed.all_headers,
+            rules=self.identity_rules,
+        )
+        key = AccountKey(message.relay, identity.account)
+        recipients = list(message.recipients)
+        observation = Observation(
+            timestamp=message.timestamp,
+            recipients=len(recipients),
+            recipient_domains=tuple(d for d in map(recipient_domain, recipients) if d),
+            client_ip=message.client_ip,
+        )
+        snapshot = await self.behaviour.observe(key, observation)
+        hashed = [self.hash_recipient(r) for r in recipients]
+        state = await self.accounts.get(key)
+        if state.locked:
+            return _Pending(message, key, identity, None, hashed)
+        content = content_vector(parsed, message.envelope_from, bundle.text_model)
+        # Engagement stays neutral until feedback ingestion fills it.
+        row = assemble(content.content.features, content.text_model_score, snapshot, None)
+        return _Pending(message, key, identity, row, hashed)
+
+    async def _finish(self, item: _Pending, bundle: ModelBundle, prediction: Prediction, index: int) -> ScoreResult:
+        probability = float(prediction.probabilities[index])
+        contributions = prediction.contributions[index]
+        state = await self.accounts.get(item.key)
+        if state.locked:  # locked by an earlier message of this batch
+            return await self._finish_locked(item, bundle)
+        evidence = message_evidence(probability, bundle.prior_log_odds, self.policy.evidence_clip)
+        update_account(state, evidence, item.message.timestamp)
+        await self.accounts.put(item.key, state)
+        decision = decide(probability, state, self.policy)
+        assert item.row is not None
+        reasons = self._reasons(bundle, item.row, contributions)
+        self.metrics.messages_scored.inc()
+        self.metrics.spam_probability.observe(probability)
+        return await self._record(item, bundle, decision, probability, reasons, locked=False)
+
+    async def _finish_locked(self, item: _Pending, bundle: ModelBundle) -> ScoreResult:
+        return await self._record(item, bundle, locked_decision(), None, [], locked=True)
+
+    async def _record(
+        self,
+        item: _Pending,
+        bundle: ModelBundle,
+        decision: Decision,
+        probability: float | None,
+        reasons: list[Reason],
+        locked: bool,
+    ) -> ScoreResult:
+        self.metrics.actions.labels(decision.action.value).inc()
+        if decision.lock_recommended:
+            self.metrics.lock_recommendations.inc()
+        await self.events.append(
+            ScoredEvent(
+                timestamp=item.message.timestamp,
+                relay=item.key.relay,
+                account=item.key.account,
+                identity_source=item.identity.source,
+                message_id=item.message.message_id,
+                model_version=bundle.version,
+                feature_spec_version=bundle.feature_spec_version,
+                features=item.row.tolist() if item.row is not None else None,
+                spam_probability=probability,
+                account_risk=decision.account_risk,
+                action=decision.action.value,
+                lock_recommended=decision.lock_recommended,
+                recipients_hashed=item.recipients_hashed,
+                client_ip=item.message.client_ip,
+                scored_at=time.time(),
+            )
+        )
+        return ScoreResult(
+            message_id=item.message.message_id,
+            account=item.key.account,
+            identity_source=item.identity.source,
+            spam_probability=probability,
+            account_risk=decision.account_risk,
+            action=decision.action.value,
+            lock_recommended=decision.lock_recommended,
+            account_locked=locked,
+            reasons=reasons,
+            model_version=bundle.version,
+        )
+
+    def _reasons(self, bundle: ModelBundle, row: np.ndarray, contributions: np.ndarray) -> list[Reason]:
+        if self.reasons == 0:
+            return []
+        top = np.argsort(-np.abs(contributions))[: self.reasons]
+        return [
+            Reason(
+                name=bundle.model_features[i],
+                value=float(row[bundle.column_index[i]]),
+                contribution=float(contributions[i]),
+                description=BY_NAME[bundle.model_features[i]].description,
+            )
+            for i in top
+            if contributions[i] != 0.0
+        ]
+
+
+def _parse(message: MessageInput) -> ParsedMessage:
+    if message.raw is not None:
+        return parse_raw(message.raw)
+    return parse_structured(message.headers, message.subject, message.text, message.html, message.attachments)

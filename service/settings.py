@@ -1,0 +1,84 @@
+"""All configuration in one typed object, read from ``OUTGUARD_*`` environment variables.
+
+Built once (by the CLI or the caller of `create_app`) and passed in; nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Scope(StrEnum):
+    SCORE = "score"
+    FEEDBACK = "feedback"
+    ADMIN = "admin"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OUTGUARD_", env_file=None, extra="ignore")
+
+    # -- serving
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tokens: dict[str, list[Scope]] = Field(
+        default_factory=dict,
+        description='Bearer tokens and their scopes, as JSON: {"TOKEN": ["score", "feedback"]}. '
+        "Empty: no auth, and the service only binds loopback.",
+    )
+
+    # -- storage
+    database_url: str = Field(default=f"sqlite:///{PROJECT_ROOT / 'var' / 'outguard.db'}")
+    state_dir: Path = PROJECT_ROOT / "var"
+    recipient_hash_key: SecretStr | None = Field(
+        default=None,
+        description="Key for hashing recipient addresses in stored events; generated into state_dir when unset.",
+    )
+    event_queue_max: int = Field(default=100_000, ge=1, description="Scored events waiting for the log writer")
+    max_tracked_accounts: int = Field(default=200_000, ge=1, description="Accounts kept in in-process state (LRU)")
+
+    # -- model
+    model_dir: Path = PROJECT_ROOT / "models" / "default"
+    data_dir: Path = PROJECT_ROOT.parent / "shared" / "data"
+    cache_dir: Path = PROJECT_ROOT / ".cache"
+
+    # -- request limits
+    max_raw_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_batch: int = Field(default=1_000, ge=1)
+    max_recipients: int = Field(default=10_000, ge=1)
+    reasons: int = Field(default=5, ge=0, le=50, description="Top feature contributions in each answer")
+
+    # -- decision
+    hold_threshold: float = Field(default=0.99, gt=0, lt=1)
+    reject_threshold: float = Field(default=0.999, gt=0, lt=1)
+    lock_threshold: float = Field(
+        default=9.2,
+        gt=0,
+        description="CUSUM level (in nats of evidence) at which an account is recommended for locking; "
+        "9.2 = ln(1/1e-4), Wald's bound for a false-alarm probability of 1e-4 per run",
+    )
+    evidence_clip: float = Field(default=4.0, gt=0, description="Largest evidence one message can add, in nats")
+
+    @field_validator("reject_threshold")
+    @classmethod
+    def _reject_above_hold(cls, value: float, info: object) -> float:
+        hold = getattr(info, "data", {}).get("hold_threshold")
+        if hold is not None and value < hold:
+            raise ValueError("reject_threshold must be at least hold_threshold")
+        return value
+
+    @property
+    def sqlite_path(self) -> Path:
+        if not self.database_url.startswith("sqlite:///"):
+            raise ValueError(f"not a SQLite URL: {self.database_url}")
+        return Path(self.database_url.removeprefix("sqlite:///"))
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.tokens)

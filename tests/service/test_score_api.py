@@ -1,0 +1,130 @@
+"""POST /v1/score and /v1/score/batch, as a relay uses them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi.testclient import TestClient
+
+from features.spec import FEATURE_INDEX, FEATURE_NAMES
+from service.stores.sqlite_events import read_scored
+from tests.conftest import make_raw
+
+SPAM = make_raw(
+    subject="URGENT: Claim your $5,000,000 prize NOW!!!",
+    body=(
+        "Dear Winner,\n\nCONGRATULATIONS!!! You have WON $5,000,000 in our international lottery. "
+        "To claim your prize send your bank details and a processing fee of $450 to our agent today. "
+        "Click here http://192.0.2.44/claim?id=1 or http://bit.ly/claim-now to get your money. "
+        "100% guaranteed, risk free, act now, limited time offer!!!\n\nMr. James Williams\nClaims Department\n"
+    ),
+    sender="Lottery Board <winner-notification@lotto-intl.example>",
+    to="undisclosed-recipients:;",
+)
+
+
+def score(client: TestClient, **fields: object) -> dict:
+    response = client.post("/v1/score", json={"message_id": "<m1@example.net>", **fields})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_personal_message_is_accepted(client: TestClient) -> None:
+    result = score(client, sasl_username="alice@example.net", recipients=["bob@example.org"], raw=make_raw())
+    assert result["action"] == "accept"
+    assert result["spam_probability"] < client.app.state.container.settings.hold_threshold
+    assert result["account"] == "alice@example.net"
+    assert result["identity_source"] == "sasl"
+    assert result["account_locked"] is False
+    assert result["model_version"].startswith("corpus-")
+
+
+def test_lottery_spam_scores_high_with_reasons(client: TestClient) -> None:
+    result = score(client, sasl_username="mallory", recipients=["v@example.org"], raw=SPAM)
+    assert result["spam_probability"] > 0.99
+    assert result["action"] == "hold"  # one message from a clean account is held, not bounced
+    assert 1 <= len(result["reasons"]) <= 5
+    top = result["reasons"][0]
+    assert set(top) == {"name", "value", "contribution", "description"}
+    magnitudes = [abs(r["contribution"]) for r in result["reasons"]]
+    assert magnitudes == sorted(magnitudes, reverse=True)
+
+
+def test_structured_content_is_scored(client: TestClient) -> None:
+    result = score(
+        client,
+        account="shop-42",
+        subject="Your order #1234 has shipped",
+        text="Hi Carol, your order #1234 has shipped and should arrive on Thursday. Thanks for shopping with us.",
+        headers=[["From", "Shop <orders@shop.example>"], ["To", "carol@example.org"]],
+    )
+    assert result["account"] == "shop-42"
+    assert 0.0 <= result["spam_probability"] <= 1.0
+
+
+def test_account_falls_back_to_envelope_sender_then_client_ip(client: TestClient) -> None:
+    assert score(client, envelope_from="<Bob@Example.ORG>", text="hi")["account"] == "bob@example.org"
+    assert score(client, client_ip="203.0.113.9", text="hi")["identity_source"] == "client_ip"
+
+
+def test_a_run_of_spam_builds_account_risk_until_a_lock_is_recommended(client: TestClient) -> None:
+    results = [
+        score(client, message_id=f"<s{i}@x>", sasl_username="hijacked", recipients=["v@x.org"], raw=SPAM)
+        for i in range(5)
+    ]
+    risks = [r["account_risk"] for r in results]
+    assert risks == sorted(risks) and risks[0] < 1.0 == risks[-1]
+    assert not results[0]["lock_recommended"] and results[-1]["lock_recommended"]
+    assert results[0]["action"] == "hold" and results[-1]["action"] == "reject"
+    # Another account on the same relay is judged on its own messages.
+    innocent = score(client, sasl_username="innocent", raw=make_raw())
+    assert innocent["account_risk"] < risks[0] and not innocent["lock_recommended"]
+
+
+def test_ham_pulls_account_evidence_back_down(client: TestClient) -> None:
+    spam = score(client, message_id="<s@x>", sasl_username="mixed", raw=SPAM)["account_risk"]
+    reply = make_raw(
+        subject="Re: contract review",
+        body="Sounds good, I will bring the printed contract and the signed NDA on Tuesday.\n\n"
+        "> Could we meet at the office on Tuesday to go through the contract?\n",
+    )
+    after = [score(client, message_id=f"<h{i}@x>", sasl_username="mixed", raw=reply)["account_risk"] for i in range(3)]
+    assert after[-1] < spam
+
+
+def test_batch_answers_in_order(client: TestClient) -> None:
+    messages = [
+        {"message_id": "<a@x>", "sasl_username": "u1", "raw": make_raw()},
+        {"message_id": "<b@x>", "sasl_username": "u2", "raw": SPAM},
+        {"message_id": "<c@x>", "sasl_username": "u3", "text": "see you soon"},
+    ]
+    response = client.post("/v1/score/batch", json={"messages": messages})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["message_id"] for r in results] == ["<a@x>", "<b@x>", "<c@x>"]
+    assert results[1]["spam_probability"] > results[0]["spam_probability"]
+    # The batch path gives the same score as the single path.
+    single = score(client, message_id="<b2@x>", sasl_username="u9", raw=SPAM)
+    assert abs(single["spam_probability"] - results[1]["spam_probability"]) < 1e-9
+
+
+def test_scored_messages_are_logged_with_features_and_hashed_recipients(client: TestClient, settings) -> None:
+    score(client, message_id="<logged@x>", sasl_username="alice", recipients=["Bob@Example.org"], raw=make_raw())
+    asyncio.run(client.app.state.container.events.flush())
+    [event] = [e for e in read_scored(settings.sqlite_path) if e["message_id"] == "<logged@x>"]
+    assert event["account"] == "alice" and event["relay"] == "default"
+    assert len(event["features"]) == len(FEATURE_NAMES)
+    assert event["recipients_hashed"] and "bob" not in event["recipients_hashed"][0].lower()
+    assert event["model_version"] == client.app.state.container.model.current.version
+    database = settings.sqlite_path.read_bytes()
+    assert b"Bob@Example.org" not in database and b"Are we still on for lunch" not in database
+
+
+def test_timestamps_drive_the_windows(client: TestClient) -> None:
+    base = {"sasl_username": "timed", "text": "hello", "recipients": ["a@b.org"]}
+    score(client, message_id="<t1@x>", timestamp="2026-01-01T00:00:00Z", **base)
+    score(client, message_id="<t2@x>", timestamp="2026-01-01T00:00:30+00:00", **base)
+    asyncio.run(client.app.state.container.events.flush())
+    events = [e for e in read_scored(client.app.state.container.settings.sqlite_path) if e["account"] == "timed"]
+    assert events[1]["ts"] - events[0]["ts"] == 30
+    assert events[1]["features"][FEATURE_INDEX["acct_msgs_1m"]] == 2

@@ -1,0 +1,1 @@
+"""Offline pipeline: corpora, datasets, training and evaluation."""

@@ -1,0 +1,126 @@
+"""Write a bundle's model card: data, split, metrics, features, limits, and how to re-measure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from features.spec import BY_NAME
+from models.bundle import ModelBundle
+
+CARD_FILE = "MODEL_CARD.md"
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def render_model_card(bundle: ModelBundle) -> str:
+    test = bundle.metrics.get("test", {})
+    data = bundle.data
+    gains = bundle.booster.feature_importance(importance_type="gain")
+    order = np.argsort(gains)[::-1][:15]
+    names = bundle.model_features
+    importance_rows = "\n".join(
+        f"| `{names[i]}` | {gains[i] / gains.sum():.3f} | {BY_NAME[names[i]].description} |" for i in order
+    )
+    modern = bundle.metrics.get("modern_mail", {})
+    modern_rows = "\n".join(
+        f"| {name.replace('_', ' ')} | {'spam' if v['label'] else 'ham'} | {v['spam_probability']:.3f} |"
+        for name, v in sorted(modern.items(), key=lambda kv: (kv[1]["label"], kv[0]))
+    )
+    rows = data.get("rows", {})
+    spam = data.get("spam_rows", {})
+    split_rows = "\n".join(f"| {s} | {rows.get(s, 0)} | {spam.get(s, 0)} |" for s in ("train", "calibration", "test"))
+    threshold_rows = "\n".join(
+        f"| {name} | {test[f'{name}_threshold']} | {_pct(test[f'{name}_recall'])} | {_pct(test[f'{name}_fpr'])} |"
+        for name in ("hold", "reject")
+        if f"{name}_threshold" in test
+    )
+    return f"""# Model card: `{bundle.version}`
+
+The content model outguard ships with. It scores one outgoing message from what the
+sender wrote: text, subject, sender-controlled headers, links, HTML and MIME shape.
+
+- **Model**: LightGBM ({bundle.params.get("num_boost_round")} trees, {bundle.params.get("num_leaves")} leaves)
+  over {len(bundle.model_features)} content features, one of which is a hashed word and
+  character n-gram text model ({bundle.params.get("text_model")}) fed out-of-fold in training.
+- **Calibration**: Platt scaling on the calibration split, at equal class priors (the
+  corpus is {100 * bundle.train_spam_prior:.0f}% spam; outbound traffic far less). A probability is the
+  message's own evidence: logit(p) is its log-likelihood ratio, spam against ham, which the
+  account decision adds up. Calibration figures below are on the test split reweighted
+  to 50/50.
+- **Feature spec**: version `{bundle.feature_spec_version}` (`features/spec.py`).
+
+## Data
+
+{data.get("corpora", "")}.
+
+- Split: {data.get("split", "")}.
+- De-duplication: {data.get("dedup", "")}.
+- Leakage: only sender-controlled headers reach a feature (`features/message.py`,
+  `SENDER_HEADERS`); `Received`, `Return-Path`, `X-Spam-*`, `List-*`, `X-Mailman-*`,
+  `Delivered-To` and the rest of the receiving side's headers are never read.
+
+| split | messages | spam |
+| --- | --- | --- |
+{split_rows}
+
+## Held-out test (TREC, newest 20% by delivery order)
+
+| metric | value |
+| --- | --- |
+| ROC AUC | {test.get("roc_auc", float("nan")):.4f} |
+| PR AUC | {test.get("pr_auc", float("nan")):.4f} |
+| spam recall at 0.1% false-positive rate | {_pct(test.get("recall_at_fpr_0.1pct", 0))} |
+| spam recall at 1% false-positive rate | {_pct(test.get("recall_at_fpr_1pct", 0))} |
+| Brier score | {test.get("brier", float("nan")):.4f} |
+| expected calibration error (10 bins) | {test.get("ece", float("nan")):.4f} |
+| text model alone, ROC AUC | {test.get("text_model_only_roc_auc", float("nan")):.4f} |
+
+At the service's default action thresholds:
+
+| action | probability at least | spam caught | ham flagged |
+| --- | --- | --- | --- |
+{threshold_rows}
+
+Re-measure: `outguard evaluate` (reads this bundle and the corpora, prints the same table).
+
+## Beyond the corpora: present-day messages
+
+A small check set written for this project (`training/modern_mail.py`), not drawn from
+any corpus: what a relay sends today. Too small for a rate; it shows where the corpus
+model is blind.
+
+| message | truth | spam probability |
+| --- | --- | --- |
+{modern_rows}
+
+Transactional mail (a shipping notice, a password reset) looks like 2007 spam to a model
+whose ham was mostly technical mailing lists: the corpora hold almost no legitimate
+commercial mail. This is why one message is never enough to bounce mail (see the
+action policy in the README) and why the account-level signals and retraining on the
+service's own traffic matter.
+
+## What drives it (share of total gain, top 15)
+
+| feature | gain share | meaning |
+| --- | --- | --- |
+{importance_rows}
+
+## Limits
+
+- Trained on inbound mail from 2002-2007. Modern spam, other languages and
+  outbound-specific patterns (hijacked mailboxes writing to their own contacts) are
+  under-represented; the per-account behaviour and engagement signals exist for those.
+- Behaviour and engagement features are computed and logged for every scored message
+  but this corpus model does not read them: the corpora carry no accounts. Retraining
+  from the service's own events will.
+"""
+
+
+def write_model_card(bundle: ModelBundle, directory: Path) -> Path:
+    path = directory / CARD_FILE
+    path.write_text(render_model_card(bundle))
+    return path
