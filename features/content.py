@@ -116,7 +116,7 @@ def _text_features(text: str, out: dict[str, float]) -> None:
     out["text_exclamation_count"] = float(sample.count("!"))
     out["text_currency_count"] = float(len(_CURRENCY.findall(sample)))
     out["text_unique_word_ratio"] = _ratio(len(set(words)), len(words))
-    out["text_longest_word"] = float(min(max((len(w) for w in words), default=0), 1000))
+    out["text_longest_word"] = float(min(max(map(len, words), default=0), 1000))
     out["text_empty"] = float(not words)
 
 

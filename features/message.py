@@ -100,7 +100,8 @@ def decode_header_value(value: str) -> str:
 
 
 def _has_raw_8bit(value: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" or ord(ch) > 127 for ch in value)
+    """Any character outside ASCII: raw 8-bit bytes (kept as surrogates by compat32) or text."""
+    return not value.isascii()
 
 
 def _decode_payload(part: Message) -> bytes:

@@ -13,7 +13,6 @@ third of the cost; `tests/features/test_text_model.py` holds the two paths equal
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ from sklearn.utils import murmurhash3_32
 
 WORD_FEATURES = 2**18
 SUBJECT_CHAR_FEATURES = 2**16
+HASH_CACHE_MAX = 500_000
 
 
 def _word_vectorizer() -> HashingVectorizer:
@@ -59,6 +59,9 @@ class TextModel:
     def __post_init__(self) -> None:
         self._word_analyzer = _word_vectorizer().build_analyzer()
         self._subject_analyzer = _subject_vectorizer().build_analyzer()
+        # token -> signed murmurhash3: most tokens recur across messages, and a dict hit
+        # costs a fraction of the hash call. Bounded; cleared when full.
+        self._hashes: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, object]:
         return {"coef": self.coef, "intercept": self.intercept}
@@ -84,11 +87,16 @@ class TextModel:
     def _hashed_dot(self, tokens: list[str], n_features: int, offset: int) -> float:
         if not tokens:
             return 0.0
-        counts: Counter[int] = Counter()
-        for token, n in Counter(tokens).items():
-            counts[abs(murmurhash3_32(token, seed=0)) % n_features] += n
-        index = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+        hashes = self._hashes
+        if len(hashes) > HASH_CACHE_MAX:
+            hashes.clear()
+        signed = list(map(hashes.get, tokens))  # a C-level loop; None where not yet hashed
+        if None in signed:
+            for i, h in enumerate(signed):
+                if h is None:
+                    signed[i] = hashes[tokens[i]] = murmurhash3_32(tokens[i], seed=0)
+        index, tf = np.unique(np.abs(np.array(signed, dtype=np.int64)) % n_features, return_counts=True)
+        tf = tf.astype(np.float64)
         return float(self.coef[index + offset] @ tf) / math.sqrt(float(tf @ tf))
 
 

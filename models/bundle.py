@@ -26,6 +26,7 @@ import numpy as np
 
 from features.spec import FEATURE_INDEX, FEATURE_SPEC_VERSION
 from features.text_model import TextModel
+from models.explain import PathExplainer
 
 BUNDLE_FILE = "bundle.json"
 BOOSTER_FILE = "booster.txt"
@@ -56,7 +57,7 @@ class Calibration:
 class Prediction:
     probabilities: np.ndarray  # calibrated spam probability per row
     margins: np.ndarray  # raw booster log-odds per row
-    contributions: np.ndarray  # per row and model feature, log-odds (TreeSHAP), bias dropped
+    contributions: np.ndarray  # per row and model feature, log-odds (path attribution; bias left out)
 
 
 @dataclass
@@ -80,13 +81,16 @@ class ModelBundle:
         self.column_index = np.array([FEATURE_INDEX[name] for name in self.model_features], dtype=np.intp)
         # logit(p) minus this is a message's log-likelihood ratio, spam against ham.
         self.prior_log_odds = math.log(self.calibration_prior / (1.0 - self.calibration_prior))
+        self.explainer = PathExplainer.from_booster(self.booster)
 
     def predict(self, rows: np.ndarray) -> Prediction:
         """Score full spec-order rows (n, len(FEATURES)); one booster call for the whole batch."""
         matrix = np.ascontiguousarray(rows[:, self.column_index])
-        contrib = np.asarray(self.booster.predict(matrix, pred_contrib=True), dtype=np.float64)
-        margins = contrib.sum(axis=1)
-        return Prediction(probabilities=self.calibration.apply(margins), margins=margins, contributions=contrib[:, :-1])
+        # One thread: OpenMP start-up costs more than it saves on request-sized batches,
+        # and the service scales by worker processes.
+        leaves = self.booster.predict(matrix, pred_leaf=True, num_threads=1)
+        margins, contributions = self.explainer.explain(leaves)
+        return Prediction(probabilities=self.calibration.apply(margins), margins=margins, contributions=contributions)
 
 
 def save_bundle(bundle: ModelBundle, directory: Path) -> None:

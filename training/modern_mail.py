@@ -134,7 +134,8 @@ def spam_messages() -> dict[str, EmailMessage]:
         "Accounts Department <accounts@invoices-dept.example>",
         "undisclosed-recipients:;",
         "Overdue invoice INV-20931 - final notice",
-        "Dear Sir/Madam,\n\nPlease find attached the overdue invoice. Payment must be made today to avoid legal action.\n"
+        "Dear Sir/Madam,\n\nPlease find attached the overdue invoice. "
+        "Payment must be made today to avoid legal action.\n"
         "Open the attached document to view the amount due.\n\nRegards,\nAccounts",
     )
     malware.add_attachment(b"MZ\x90\x00fake", maintype="application", subtype="zip", filename="INV-20931.pdf.zip")

@@ -1,0 +1,230 @@
+"""`make bench`: scoring throughput and latency, in process and over HTTP, against the framework floor.
+
+Scores real corpus messages (SpamAssassin and TREC, a fixed random sample) three ways:
+
+- in process: `Scorer.score` called directly, one message per call and 100 per call;
+- over HTTP: a real `uvicorn` server process (one worker) driven by a load generator
+  in this process (`bench.load`), `/v1/score` and `/v1/score/batch` (100 per request);
+- the floor: the same load against a bare FastAPI app that only validates the same
+  request bodies (`bench.bare_app`), so the cost of outguard's own work is visible.
+
+Usage: python -m bench.run [--messages 2000] [--seconds 10] [--connections 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from bench.load import encode_post, run_load
+from service.container import build_container
+from service.scoring import MessageInput
+from service.settings import PROJECT_ROOT, Settings
+from training.corpora import spamassassin_messages, trec_messages
+
+BATCH = 100
+UVICORN_FLAGS = ("--log-level", "warning", "--no-access-log")
+console = Console()
+
+
+@dataclass(slots=True)
+class Row:
+    mode: str
+    target: str
+    unit: str
+    messages_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def sample_messages(settings: Settings, count: int, seed: int = 7) -> list[dict[str, object]]:
+    corpus = spamassassin_messages(settings.data_dir) + trec_messages(settings.data_dir, settings.cache_dir)
+    chosen = random.Random(seed).sample(corpus, count)
+    messages = []
+    for i, item in enumerate(chosen):
+        raw = item.path.read_bytes().decode("utf-8", "surrogateescape")
+        messages.append(
+            {
+                "message_id": f"<bench-{i}@outguard>",
+                "timestamp": f"2026-11-23T10:{(i // 60) % 60:02d}:{i % 60:02d}Z",
+                "relay": "bench",
+                "sasl_username": f"user{i % 200}@example.net",
+                "client_ip": f"198.51.100.{i % 250}",
+                "envelope_from": f"user{i % 200}@example.net",
+                "recipients": [f"rcpt{i % 37}@example.org"],
+                # Valid JSON text: undecodable bytes become U+FFFD, as a relay's JSON encoder would do.
+                "raw": raw.encode("utf-8", "replace").decode("utf-8"),
+            }
+        )
+    return messages
+
+
+def _inputs(messages: list[dict[str, object]]) -> list[MessageInput]:
+    from service.api.routes import to_input
+    from service.api.schemas import MessageIn
+
+    class _Limits:
+        settings = Settings()
+
+    return [to_input(MessageIn.model_validate(m), _Limits()) for m in messages]  # type: ignore[arg-type]
+
+
+def bench_in_process(settings: Settings, messages: list[dict[str, object]]) -> list[Row]:
+    container = build_container(settings)
+    inputs = _inputs(messages)
+
+    async def timed(size: int) -> tuple[float, np.ndarray]:
+        latencies = []
+        started = time.perf_counter()
+        for i in range(0, len(inputs), size):
+            t0 = time.perf_counter()
+            await container.scorer.score(inputs[i : i + size])
+            latencies.append(time.perf_counter() - t0)
+        return time.perf_counter() - started, np.array(latencies) * 1000
+
+    rows = []
+    try:
+        for label, size in (("single", 1), (f"batch of {BATCH}", BATCH)):
+            elapsed, lat = asyncio.run(timed(size))
+            rows.append(
+                Row(
+                    "in process",
+                    "outguard",
+                    label,
+                    len(inputs) / elapsed,
+                    np.percentile(lat, 50),
+                    np.percentile(lat, 99),
+                )
+            )
+    finally:
+        container.close()
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                if b"200" in s.recv(64):
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"server on port {port} did not become healthy in {timeout}s")
+
+
+def bench_http(
+    target: str, factory: str, messages: list[dict[str, object]], seconds: float, connections: int, state: Path
+) -> list[Row]:
+    port = free_port()
+    env = {**os.environ, "OUTGUARD_DATABASE_URL": f"sqlite:///{state / 'bench.db'}", "OUTGUARD_STATE_DIR": str(state)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", factory, "--factory", "--port", str(port), *UVICORN_FLAGS],
+        env=env,
+        cwd=PROJECT_ROOT,
+    )
+    rows = []
+    try:
+        wait_healthy(port)
+        single = [encode_post("127.0.0.1", port, "/v1/score", orjson.dumps(m)) for m in messages]
+        batches = [
+            encode_post("127.0.0.1", port, "/v1/score/batch", orjson.dumps({"messages": messages[i : i + BATCH]}))
+            for i in range(0, len(messages), BATCH)
+        ]
+        for label, requests, per_request, conns in (
+            ("single", single, 1, connections),
+            (f"batch of {BATCH}", batches, BATCH, max(1, connections // 4)),
+        ):
+            result = asyncio.run(run_load("127.0.0.1", port, requests, conns, seconds))
+            if result.errors:
+                raise RuntimeError(f"{target} {label}: {result.errors} non-200 answers")
+            rows.append(
+                Row(
+                    "HTTP",
+                    target,
+                    label,
+                    result.rate * per_request,
+                    result.percentile(50),
+                    result.percentile(99),
+                )
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+
+    base = Settings()
+    console.print(f"sampling {args.messages} corpus messages from {base.data_dir}")
+    messages = sample_messages(base, args.messages)
+    with tempfile.TemporaryDirectory(prefix="outguard-bench-") as tmp:
+        state = Path(tmp)
+        settings = base.model_copy(update={"database_url": f"sqlite:///{state / 'inproc.db'}", "state_dir": state})
+        rows = bench_in_process(settings, messages)
+        rows += bench_http(
+            "outguard", "service.app:app_from_environment", messages, args.seconds, args.connections, state
+        )
+        rows += bench_http(
+            "bare FastAPI", "bench.bare_app:create_bare_app", messages, args.seconds, args.connections, state
+        )
+
+    floor = {r.unit: r.messages_per_s for r in rows if r.target == "bare FastAPI"}
+    command = "python -m bench.run " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
+    table = Table(title=f"outguard scoring benchmark ({command})")
+    for column in ("mode", "target", "unit", "messages/s", "p50 ms", "p99 ms", "x floor"):
+        table.add_column(column, justify="left" if column in ("mode", "target", "unit") else "right", no_wrap=True)
+    for r in rows:
+        ratio = floor.get(r.unit, 0) / r.messages_per_s if r.mode == "HTTP" and r.target == "outguard" else None
+        table.add_row(
+            r.mode,
+            r.target,
+            r.unit,
+            f"{r.messages_per_s:,.0f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"{ratio:.1f}" if ratio else "",
+        )
+    console.print(table)
+    console.print(
+        f"{args.messages} corpus messages, HTTP: one uvicorn worker, {args.connections} connections "
+        f"({max(1, args.connections // 4)} for batches), {args.seconds:.0f}s per row; "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}. "
+        "'x floor' = bare FastAPI messages/s over outguard messages/s."
+    )
+    out = PROJECT_ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()
