@@ -40,7 +40,7 @@ from training.corpora import spamassassin_messages, trec_messages
 
 BATCH = 100
 UVICORN_FLAGS = ("--log-level", "warning", "--no-access-log")
-console = Console()
+console = Console(width=160)
 
 
 @dataclass(slots=True)
@@ -177,6 +177,20 @@ def bench_http(
     return rows
 
 
+def markdown_table(rows: list[Row], floor: dict[str, float]) -> str:
+    lines = [
+        "| mode | target | unit | messages/s | p50 ms | p99 ms | x floor |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        ratio = floor.get(r.unit, 0) / r.messages_per_s if r.mode == "HTTP" and r.target == "outguard" else None
+        lines.append(
+            f"| {r.mode} | {r.target} | {r.unit} | {r.messages_per_s:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+            f"{f'{ratio:.1f}' if ratio else ''} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000)
@@ -221,6 +235,8 @@ def main() -> None:
         f"{os.cpu_count()} cores, Python {platform.python_version()}. "
         "'x floor' = bare FastAPI messages/s over outguard messages/s."
     )
+    console.print("\nMarkdown, for the README:\n")
+    print(markdown_table(rows, floor))
     out = PROJECT_ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))

@@ -8,8 +8,8 @@ fee, crypto, malware invoices. Written for this project, not drawn from any corp
 
 from __future__ import annotations
 
+import hashlib
 from email.message import EmailMessage
-from email.utils import make_msgid
 
 
 def _message(sender: str, to: str, subject: str, text: str, html: str | None = None, **headers: str) -> EmailMessage:
@@ -18,7 +18,9 @@ def _message(sender: str, to: str, subject: str, text: str, html: str | None = N
     msg["To"] = to
     msg["Subject"] = subject
     msg["Date"] = "Mon, 23 Nov 2026 09:41:07 +0100"
-    msg["Message-ID"] = make_msgid(domain=sender.rsplit("@", 1)[1].strip(">"))
+    # Deterministic, client-shaped Message-IDs: the check set must score the same every run.
+    local = hashlib.sha1(subject.encode()).hexdigest()[:20]
+    msg["Message-ID"] = f"<{local}@{sender.rsplit('@', 1)[1].strip('>')}>"
     for name, value in headers.items():
         msg[name.replace("_", "-")] = value
     msg.set_content(text)
