@@ -79,10 +79,8 @@ def _inputs(messages: list[dict[str, object]]) -> list[MessageInput]:
     from service.api.routes import to_input
     from service.api.schemas import MessageIn
 
-    class _Limits:
-        settings = Settings()
-
-    return [to_input(MessageIn.model_validate(m), _Limits()) for m in messages]  # type: ignore[arg-type]
+    limits = Settings()
+    return [to_input(MessageIn.model_validate(m), limits) for m in messages]
 
 
 def bench_in_process(settings: Settings, messages: list[dict[str, object]]) -> list[Row]:

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
 
     # -- request limits
     max_raw_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1024, description="Largest request body; refused with 413 before it is read"
+    )
     max_batch: int = Field(default=1_000, ge=1)
     max_recipients: int = Field(default=10_000, ge=1)
     reasons: int = Field(default=5, ge=0, le=50, description="Top feature contributions in each answer")

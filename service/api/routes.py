@@ -16,7 +16,7 @@ from service.api.schemas import BatchIn, BatchOut, ErrorOut, MessageIn, ScoreOut
 from service.container import Container
 from service.errors import NotReady, PayloadTooLarge
 from service.scoring import MessageInput, ScoreResult
-from service.settings import Scope
+from service.settings import Scope, Settings
 
 ERRORS = {
     400: {"model": ErrorOut, "description": "Malformed JSON"},
@@ -37,13 +37,14 @@ def get_container(request: Request) -> Container:
 ContainerDep = Annotated[Container, Depends(get_container)]
 
 
-def to_input(message: MessageIn, container: Container, position: str = "") -> MessageInput:
-    limits = container.settings
-    if message.raw is not None and len(message.raw) > limits.max_raw_bytes:
-        # len() counts characters; a message over the limit in characters is over it in bytes too.
-        raise PayloadTooLarge(
-            f"{position}raw is {len(message.raw)} characters, over the limit of {limits.max_raw_bytes} bytes"
-        )
+def raw_size(raw: str) -> int:
+    """Size in bytes as UTF-8; cheap for the usual ASCII message."""
+    return len(raw) if raw.isascii() else len(raw.encode("utf-8", "surrogatepass"))
+
+
+def to_input(message: MessageIn, limits: Settings, position: str = "") -> MessageInput:
+    if message.raw is not None and (size := raw_size(message.raw)) > limits.max_raw_bytes:
+        raise PayloadTooLarge(f"{position}raw is {size} bytes, over the limit of {limits.max_raw_bytes} bytes")
     if len(message.recipients) > limits.max_recipients:
         raise PayloadTooLarge(
             f"{position}recipients has {len(message.recipients)} entries, over the limit of {limits.max_recipients}"
@@ -96,7 +97,7 @@ def json_response(body: object) -> Response:
 # but building and re-validating pydantic models per message would only cost time.
 @scoring.post("/score", response_model=ScoreOut, summary="Score one outgoing message")
 async def score(message: MessageIn, container: ContainerDep) -> Response:
-    [result] = await container.scorer.score([to_input(message, container)])
+    [result] = await container.scorer.score([to_input(message, container.settings)])
     return json_response(to_json(result))
 
 
@@ -106,7 +107,7 @@ async def score_batch(batch: BatchIn, container: ContainerDep) -> Response:
         raise PayloadTooLarge(
             f"batch has {len(batch.messages)} messages, over the limit of {container.settings.max_batch}"
         )
-    inputs = [to_input(m, container, f"messages.{i}.") for i, m in enumerate(batch.messages)]
+    inputs = [to_input(m, container.settings, f"messages.{i}.") for i, m in enumerate(batch.messages)]
     results = await container.scorer.score(inputs)
     return json_response({"results": [to_json(r) for r in results]})
 

@@ -75,3 +75,17 @@ def test_unknown_route_is_a_json_404(client: TestClient) -> None:
     response = client.get("/v1/nope")
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
+
+
+def test_a_request_body_over_the_limit_is_refused_before_it_is_read(settings: Settings) -> None:
+    with TestClient(create_app(settings.model_copy(update={"max_request_bytes": 4096}))) as client:
+        declared = client.post("/v1/score", content=b"x" * 5000, headers={"content-type": "application/json"})
+
+        def chunks():
+            for _ in range(10):
+                yield b"y" * 1000
+
+        streamed = client.post("/v1/score", content=chunks(), headers={"content-type": "application/json"})
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert "over the limit of 4096 bytes" in response.json()["detail"]
