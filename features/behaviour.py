@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from features.spec import FEATURES, Group
+
 # Long-run baseline: an exponentially decayed message count, half-life one week.
 BASELINE_HALF_LIFE_S = 7 * 86_400
 BASELINE_TAU_S = BASELINE_HALF_LIFE_S / math.log(2)
@@ -85,7 +87,7 @@ def recipient_domain(address: str) -> str:
 def behaviour_features(snapshot: BehaviourSnapshot | None) -> dict[str, float]:
     """Feature values for a snapshot; neutral values when there is none (training on corpora)."""
     if snapshot is None:
-        return dict.fromkeys(BEHAVIOUR_FEATURE_NAMES, 0.0)
+        return {f.name: f.neutral for f in FEATURES if f.group == Group.BEHAVIOUR}
     if snapshot.baseline_per_hour is None:
         rate_vs_baseline = 0.0
     else:
@@ -105,20 +107,3 @@ def behaviour_features(snapshot: BehaviourSnapshot | None) -> dict[str, float]:
         "acct_new_rcpt_domain_share": snapshot.new_rcpt_domain_share,
         "msg_recipient_count": float(snapshot.recipients),
     }
-
-
-BEHAVIOUR_FEATURE_NAMES = (
-    "acct_msgs_1m",
-    "acct_msgs_1h",
-    "acct_msgs_24h",
-    "acct_rcpts_1m",
-    "acct_rcpts_1h",
-    "acct_rcpts_24h",
-    "acct_rate_vs_baseline",
-    "acct_history_hours",
-    "acct_rcpt_domains_1h",
-    "acct_client_ips_1h",
-    "acct_client_ips_24h",
-    "acct_new_rcpt_domain_share",
-    "msg_recipient_count",
-)

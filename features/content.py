@@ -17,7 +17,7 @@ from features.message import ParsedMessage
 from features.urls import SHORTENERS, domain_named_in, email_domain, links_in_text, parse_link, registered_domain
 
 _REPLY_PREFIX = re.compile(r"^\s*(?:re|fw|fwd|aw|sv|vs|antw|wg|tr)\s*(?:\[\d+\])?\s*:", re.IGNORECASE)
-_ADDRESS_IN_TEXT = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_ADDRESS_IN_TEXT = re.compile(r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")
 _CURRENCY = re.compile(r"[$€£¥₹]|\b(?:usd|eur|gbp)\b", re.IGNORECASE)
 
 EXECUTABLE_EXT = frozenset(
@@ -65,13 +65,14 @@ _TYPE_FAMILIES = {
 
 # Visible text handed to the text model: the first chars decide, the cap bounds cost.
 TEXT_MODEL_CHARS = 4_000
+# Address headers longer than this are cut before parsing (RFC 5322 lines stop at 998).
+MAX_ADDRESS_HEADER = 16_000
 
 
 @dataclass(slots=True)
 class ContentResult:
     features: dict[str, float]
     document: str  # subject + visible text, for the text model
-    links: list[str]  # normalised link URLs, for later fingerprinting and reports
 
 
 def _ratio(part: int, whole: int) -> float:
@@ -136,7 +137,7 @@ def _subject_features(parsed: ParsedMessage, out: dict[str, float]) -> None:
 def _header_features(parsed: ParsedMessage, envelope_from: str | None, out: dict[str, float]) -> str:
     """Fill header features; return the From registered domain."""
     known = parsed.headers_known
-    display, from_addr = parseaddr(parsed.header("from") or "")
+    display, from_addr = parseaddr((parsed.header("from") or "")[:MAX_ADDRESS_HEADER])
     from_domain = email_domain(from_addr)
     out["from_missing"] = float(known and not from_domain)
     other_addresses = [a for a in _ADDRESS_IN_TEXT.findall(display) if a.lower() != from_addr.lower()]
@@ -144,14 +145,16 @@ def _header_features(parsed: ParsedMessage, envelope_from: str | None, out: dict
 
     reply_to = parsed.header("reply-to")
     out["reply_to_present"] = float(reply_to is not None)
-    reply_domain = email_domain(parseaddr(reply_to or "")[1])
+    reply_domain = email_domain(parseaddr((reply_to or "")[:MAX_ADDRESS_HEADER])[1])
     out["reply_to_domain_mismatch"] = float(bool(reply_domain and from_domain and reply_domain != from_domain))
     env_domain = email_domain(envelope_from)
     out["envelope_from_mismatch"] = float(bool(env_domain and from_domain and env_domain != from_domain))
 
-    to_values = parsed.header_values("to")
+    to_values = [v[:MAX_ADDRESS_HEADER] for v in parsed.header_values("to")]
     out["to_count"] = float(len([a for _, a in getaddresses(to_values) if a]))
-    out["cc_count"] = float(len([a for _, a in getaddresses(parsed.header_values("cc")) if a]))
+    out["cc_count"] = float(
+        len([a for _, a in getaddresses([v[:MAX_ADDRESS_HEADER] for v in parsed.header_values("cc")]) if a])
+    )
     out["to_missing"] = float(known and not to_values)
 
     message_id = parsed.header("message-id")
@@ -174,14 +177,12 @@ def _header_features(parsed: ParsedMessage, envelope_from: str | None, out: dict
 
 def _link_features(
     text_links: list[str], anchors: list[tuple[str, str]], from_domain: str, out: dict[str, float]
-) -> list[str]:
-    links = [parse_link(u) for u in text_links]
-    links += [parse_link(href) for href, _ in anchors]
-    valid = [link for link in links if link is not None]
+) -> None:
+    anchor_links = [parse_link(href) for href, _ in anchors]
+    valid = [link for link in [*map(parse_link, text_links), *anchor_links] if link is not None]
     mismatches = 0
-    for href, visible in anchors:
-        target = parse_link(href)
-        claimed = domain_named_in(visible) if visible else None
+    for (_, visible), target in zip(anchors, anchor_links, strict=True):
+        claimed = domain_named_in(visible) if visible and target is not None else None
         if target is not None and claimed and claimed != target.domain:
             mismatches += 1
     out["url_count"] = float(len(valid))
@@ -194,7 +195,6 @@ def _link_features(
     out["url_nonstandard_port"] = float(any(link.port not in (None, 80, 443) for link in valid))
     out["url_at_sign"] = float(any(link.has_userinfo for link in valid))
     out["url_punycode"] = float(any("xn--" in link.host for link in valid))
-    return [link.url for link in valid]
 
 
 def _mime_features(parsed: ParsedMessage, out: dict[str, float]) -> None:
@@ -204,12 +204,13 @@ def _mime_features(parsed: ParsedMessage, out: dict[str, float]) -> None:
     out["attachment_count"] = float(len(parsed.attachments))
     out["attachment_size_log"] = math.log1p(sum(a.size for a in parsed.attachments))
     executable = archive = macro = double = mismatch = False
+    disguise = DOCUMENT_EXT | {"jpg", "png", "gif"}
     for attachment in parsed.attachments:
         last, before = _extension(attachment.filename)
         executable |= last in EXECUTABLE_EXT
         archive |= last in ARCHIVE_EXT
         macro |= last in MACRO_OFFICE_EXT
-        double |= bool(before) and before in DOCUMENT_EXT | {"jpg", "png", "gif"} and last in EXECUTABLE_EXT
+        double |= bool(before) and before in disguise and last in EXECUTABLE_EXT
         families = _TYPE_FAMILIES.get(last)
         if families and not attachment.content_type.startswith(families):
             mismatch = True
@@ -228,7 +229,7 @@ def content_features(parsed: ParsedMessage, envelope_from: str | None = None) ->
     _text_features(visible, out)
     _subject_features(parsed, out)
     from_domain = _header_features(parsed, envelope_from, out)
-    links = _link_features(links_in_text(parsed.text), html.anchors, from_domain, out)
+    _link_features(links_in_text(parsed.text), html.anchors, from_domain, out)
 
     out["html_present"] = float(bool(parsed.html.strip()))
     out["html_only"] = float(bool(parsed.html.strip()) and not parsed.text.strip())
@@ -241,4 +242,4 @@ def content_features(parsed: ParsedMessage, envelope_from: str | None = None) ->
     _mime_features(parsed, out)
 
     document = f"{parsed.subject}\n{visible[:TEXT_MODEL_CHARS]}"
-    return ContentResult(features=out, document=document, links=links)
+    return ContentResult(features=out, document=document)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from features.spec import FEATURES, Group
+
 
 @dataclass(frozen=True, slots=True)
 class EngagementSnapshot:
@@ -18,12 +20,9 @@ class EngagementSnapshot:
     feedback_count: float  # decayed number of feedback events behind the rates
 
 
-ENGAGEMENT_FEATURE_NAMES = ("eng_bounce_rate", "eng_complaint_rate", "eng_reply_rate", "eng_feedback_count_log")
-
-
 def engagement_features(snapshot: EngagementSnapshot | None) -> dict[str, float]:
     if snapshot is None:
-        return dict.fromkeys(ENGAGEMENT_FEATURE_NAMES, 0.0)
+        return {f.name: f.neutral for f in FEATURES if f.group == Group.ENGAGEMENT}
     return {
         "eng_bounce_rate": snapshot.bounce_rate,
         "eng_complaint_rate": snapshot.complaint_rate,

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import email
 import email.header
+import email.parser
 import email.policy
+import re
 from dataclasses import dataclass, field
 from email.message import Message
 
@@ -43,8 +45,11 @@ SENDER_HEADERS = frozenset(
 )
 
 # Bodies beyond this are cut before feature extraction: it bounds the cost of a
-# message on the hot path, and the first few hundred KB decide anyway.
-MAX_PART_CHARS = 200_000
+# message on the hot path, and the first few hundred KB decide anyway. The caps hold
+# per message, over all its parts.
+MAX_BODY_CHARS = 200_000
+MAX_SUBJECT_CHARS = 2_000
+MAX_ATTACHMENTS = 1_000
 
 
 @dataclass(slots=True)
@@ -88,9 +93,12 @@ def _fix_surrogates(value: str) -> str:
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
 def decode_header_value(value: str) -> str:
-    """RFC 2047 encoded words to text; never raises on broken encodings."""
-    value = _fix_surrogates(str(value))
+    """Unfolded, RFC 2047 encoded words to text; never raises on broken encodings."""
+    value = _FOLD.sub("", _fix_surrogates(str(value)))
     if "=?" not in value:
         return value
     try:
@@ -117,11 +125,12 @@ def _decode_payload(part: Message) -> bytes:
 
 def _part_text(part: Message, payload: bytes) -> str:
     charset = part.get_content_charset() or "utf-8"
+    head = payload[: MAX_BODY_CHARS * 2]
     try:
-        text = payload[: MAX_PART_CHARS * 2].decode(charset, "replace")
-    except LookupError:  # an unknown charset name
-        text = payload[: MAX_PART_CHARS * 2].decode("latin-1", "replace")
-    return text[:MAX_PART_CHARS]
+        text = head.decode(charset, "replace")
+    except (LookupError, UnicodeError):  # an unknown charset, or one like idna that raises anyway
+        text = head.decode("latin-1", "replace")
+    return text[:MAX_BODY_CHARS]
 
 
 def _walk(msg: Message, parsed: ParsedMessage, depth: int, texts: list[str], htmls: list[str]) -> None:
@@ -140,8 +149,11 @@ def _walk(msg: Message, parsed: ParsedMessage, depth: int, texts: list[str], htm
     disposition = (msg.get("content-disposition") or "").lower()
     is_attachment = bool(filename) or disposition.startswith("attachment")
     if not is_attachment and content_type in ("text/plain", "text/html"):
-        text = _part_text(msg, _decode_payload(msg))
-        (htmls if content_type == "text/html" else texts).append(text)
+        bucket = htmls if content_type == "text/html" else texts
+        if sum(map(len, bucket)) < MAX_BODY_CHARS:
+            bucket.append(_part_text(msg, _decode_payload(msg)))
+        return
+    if len(parsed.attachments) >= MAX_ATTACHMENTS:
         return
     payload = _decode_payload(msg)
     name = decode_header_value(filename) if filename else ""
@@ -149,10 +161,33 @@ def _walk(msg: Message, parsed: ParsedMessage, depth: int, texts: list[str], htm
 
 
 def parse_raw(raw: bytes | str) -> ParsedMessage:
-    """Parse a whole RFC 5322 message. Broken MIME is parsed as far as it goes."""
+    """Parse a whole RFC 5322 message. Broken MIME is parsed as far as it goes.
+
+    MIME nested deeper than the interpreter's recursion allows is read for its
+    headers only, with a defect counted.
+    """
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
+    try:
+        return _parse_full(raw)
+    except RecursionError:
+        parsed = _parse_headers(email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw, True))
+        parsed.defects += 1
+        return parsed
+
+
+def _parse_full(raw: bytes) -> ParsedMessage:
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    parsed = _parse_headers(msg)
+    texts: list[str] = []
+    htmls: list[str] = []
+    _walk(msg, parsed, 0, texts, htmls)
+    parsed.text = "\n".join(texts)[:MAX_BODY_CHARS]
+    parsed.html = "\n".join(htmls)[:MAX_BODY_CHARS]
+    return parsed
+
+
+def _parse_headers(msg: Message) -> ParsedMessage:
     parsed = ParsedMessage()
     for name, value in msg.items():
         key = name.lower()
@@ -164,12 +199,7 @@ def parse_raw(raw: bytes | str) -> ParsedMessage:
             if key == "subject" and "=?" in raw_value:
                 parsed.subject_encoded = True
             parsed.headers.append((key, decode_header_value(raw_value)))
-    parsed.subject = parsed.header("subject") or ""
-    texts: list[str] = []
-    htmls: list[str] = []
-    _walk(msg, parsed, 0, texts, htmls)
-    parsed.text = "\n".join(texts)
-    parsed.html = "\n".join(htmls)
+    parsed.subject = (parsed.header("subject") or "")[:MAX_SUBJECT_CHARS]
     return parsed
 
 
@@ -194,10 +224,13 @@ def parse_structured(
     if subject is not None:
         parsed.headers = [(k, v) for k, v in parsed.headers if k != "subject"]
         parsed.headers.append(("subject", subject))
-    parsed.subject = parsed.header("subject") or ""
-    parsed.text = (text or "")[:MAX_PART_CHARS]
-    parsed.html = (html or "")[:MAX_PART_CHARS]
-    parsed.attachments = list(attachments or ())
+    if parsed.headers_known and parsed.header("mime-version") is None:
+        # The relay split the MIME tree itself: it was MIME, whatever headers it forwarded.
+        parsed.headers.append(("mime-version", "1.0"))
+    parsed.subject = (parsed.header("subject") or "")[:MAX_SUBJECT_CHARS]
+    parsed.text = (text or "")[:MAX_BODY_CHARS]
+    parsed.html = (html or "")[:MAX_BODY_CHARS]
+    parsed.attachments = list(attachments or ())[:MAX_ATTACHMENTS]
     parsed.part_count = int(bool(parsed.text)) + int(bool(parsed.html)) + len(parsed.attachments)
     # The MIME tree a client would have built: alternative for text+html, mixed around attachments.
     parsed.depth = int(bool(parsed.text) and bool(parsed.html)) + int(bool(parsed.attachments))

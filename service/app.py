@@ -7,14 +7,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import orjson
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.auth import TokenAuth
+from service.api.auth import TokenAuth, TokenAuthMiddleware
 from service.api.routes import operations, scoring
 from service.container import build_container
-from service.errors import install_error_handlers
+from service.errors import PayloadTooLarge, install_error_handlers, send_error
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -100,10 +99,7 @@ class BodySizeLimit:
 
     async def _refuse(self, send: Send, size: int) -> None:
         detail = f"request body of {size} bytes or more is over the limit of {self.limit} bytes"
-        body = orjson.dumps({"error": "payload_too_large", "detail": detail})
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, PayloadTooLarge(detail))
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -124,11 +120,12 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.container = container
-    app.state.auth = TokenAuth(settings)
     install_error_handlers(app)
     app.include_router(scoring)
     app.include_router(operations)
+    # Outermost last: metrics see every answer, auth runs before the body is read.
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
+    app.add_middleware(TokenAuthMiddleware, auth=TokenAuth(settings))
     app.add_middleware(RequestMetrics, metrics=container.metrics)
     return app
 

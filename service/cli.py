@@ -36,6 +36,14 @@ def serve(
     import uvicorn
 
     settings = Settings()
+    if workers > 1:
+        # Windows and account evidence live in each process's memory: N workers would
+        # each see a 1/N share of an account's traffic.
+        console.print(
+            "[red]--workers > 1 needs shared account state (the Redis backend); with in-process state "
+            "run one worker per instance.[/red]"
+        )
+        raise typer.Exit(2)
     host = host or settings.host
     port = port or settings.port
     if not settings.auth_enabled and not _is_loopback(host):

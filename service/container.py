@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,19 +42,34 @@ def recipient_hash_key(settings: Settings) -> bytes:
     if settings.recipient_hash_key is not None:
         return settings.recipient_hash_key.get_secret_value().encode()
     path: Path = settings.state_dir / RECIPIENT_KEY_FILE
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Created exclusively and private from the first byte: two processes starting
+        # together agree on one key, and nobody else can read it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
         log.info("generated a recipient hashing key at %s", path)
-    return path.read_text().strip().encode()
+    for _ in range(50):  # another process may be between create and write
+        if key := path.read_text().strip():
+            return key.encode()
+        time.sleep(0.01)
+    raise RuntimeError(f"the recipient hashing key at {path} is empty")
 
 
 def build_container(settings: Settings) -> Container:
     bundle = load_bundle(settings.model_dir)
     metrics = Metrics()
     metrics.model_info.labels(bundle.version, bundle.feature_spec_version).set(1)
-    events = SqliteEventLog(settings.sqlite_path, settings.event_queue_max, on_drop=metrics.events_dropped.inc)
+    events = SqliteEventLog(
+        settings.sqlite_path,
+        settings.event_queue_max,
+        on_drop=metrics.events_dropped.inc,
+        on_write_failure=metrics.events_write_failed.inc,
+    )
     behaviour = MemoryBehaviourStore(settings.max_tracked_accounts)
     accounts = MemoryAccountStateStore(settings.max_tracked_accounts)
     model = ModelHolder(bundle)

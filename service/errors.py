@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from typing import ClassVar
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,11 @@ class OutguardError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class InvalidInput(OutguardError):
+    status = 422
+    code = "invalid_request"
 
 
 class PayloadTooLarge(OutguardError):
@@ -46,6 +53,15 @@ class Forbidden(OutguardError):
 class NotReady(OutguardError):
     status = 503
     code = "not_ready"
+
+
+async def send_error(send: Send, error: OutguardError) -> None:
+    """Answer from ASGI middleware, before any route runs, in the same JSON shape."""
+    body = orjson.dumps({"error": error.code, "detail": error.detail})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, object]]]:

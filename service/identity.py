@@ -51,9 +51,10 @@ def resolve_identity(
             return Identity(found, f"rule:{rule.name}")
     if sasl := _clean(sasl_username):
         return Identity(sasl, "sasl")
-    if sender := _clean(envelope_from):
+    # The null sender <> (bounces, auto-replies) names nobody: fall through to the client IP.
+    if sender := _clean((envelope_from or "").strip().strip("<>")):
         # Addresses are case-insensitive in practice; one spelling, one account.
-        return Identity(sender.strip("<>").lower(), "envelope_from")
+        return Identity(sender.lower(), "envelope_from")
     if ip := _clean(client_ip):
         return Identity(ip, "client_ip")
     return Identity(UNKNOWN_ACCOUNT, "unknown")

@@ -35,6 +35,9 @@ class Metrics:
         self.events_dropped = Counter(
             "outguard_events_dropped", "Scored events dropped because the log queue was full", registry=self.registry
         )
+        self.events_write_failed = Counter(
+            "outguard_events_write_failed", "Scored events the log writer failed to store", registry=self.registry
+        )
         self.event_queue_depth = Gauge(
             "outguard_event_queue_depth", "Scored events waiting for the log writer", registry=self.registry
         )

@@ -18,7 +18,7 @@ import numpy as np
 from features.behaviour import Observation, recipient_domain
 from features.message import Attachment, ParsedMessage, parse_raw, parse_structured
 from features.spec import BY_NAME
-from features.vector import assemble, content_vector
+from features.vector import ContentVector, assemble, content_vector
 from models.bundle import ModelBundle, Prediction
 from service.decision import Decision, DecisionPolicy, decide, locked_decision, message_evidence, update_account
 from service.identity import Identity, IdentityRule, resolve_identity
@@ -39,7 +39,7 @@ class MessageInput:
     helo: str | None = None
     envelope_from: str | None = None
     recipients: Sequence[str] = ()
-    raw: str | None = None
+    raw: str | bytes | None = None
     headers: list[tuple[str, str]] | None = None
     subject: str | None = None
     text: str | None = None
@@ -115,7 +115,13 @@ class Scorer:
 
     async def score(self, messages: Sequence[MessageInput]) -> list[ScoreResult]:
         bundle = self.model.current
-        pending = [await self._prepare(message, bundle) for message in messages]
+        # Everything that can fail on a bad message happens before any account state
+        # changes, so a refused batch (or a relay's retry) never counts twice.
+        prepared = [self._content(message, bundle) for message in messages]
+        pending = [
+            await self._observe(message, parsed, content)
+            for message, (parsed, content) in zip(messages, prepared, strict=True)
+        ]
         rows = [p.row for p in pending if p.row is not None]
         prediction = bundle.predict(np.vstack(rows)) if rows else None
         results = []
@@ -129,8 +135,13 @@ class Scorer:
             scored += 1
         return results
 
-    async def _prepare(self, message: MessageInput, bundle: ModelBundle) -> _Pending:
+    def _content(self, message: MessageInput, bundle: ModelBundle) -> tuple[ParsedMessage, ContentVector]:
+        """The pure part: parse and content features, no state touched."""
         parsed = _parse(message)
+        return parsed, content_vector(parsed, message.envelope_from, bundle.text_model)
+
+    async def _observe(self, message: MessageInput, parsed: ParsedMessage, content: ContentVector) -> _Pending:
+        """Resolve the account, count the message in its windows, and build the feature row."""
         identity = resolve_identity(
             account=message.account,
             sasl_username=message.sasl_username,
@@ -149,10 +160,8 @@ class Scorer:
         )
         snapshot = await self.behaviour.observe(key, observation)
         hashed = [self.hash_recipient(r) for r in recipients]
-        state = await self.accounts.get(key)
-        if state.locked:
+        if (await self.accounts.get(key)).locked:
             return _Pending(message, key, identity, None, hashed)
-        content = content_vector(parsed, message.envelope_from, bundle.text_model)
         # Engagement stays neutral until feedback ingestion fills it.
         row = assemble(content.content.features, content.text_model_score, snapshot, None)
         return _Pending(message, key, identity, row, hashed)
@@ -161,7 +170,7 @@ class Scorer:
         probability = float(prediction.probabilities[index])
         contributions = prediction.contributions[index]
         state = await self.accounts.get(item.key)
-        if state.locked:  # locked by an earlier message of this batch
+        if state.locked:  # locked while this batch was being scored
             return await self._finish_locked(item, bundle)
         evidence = message_evidence(probability, bundle.prior_log_odds, self.policy.evidence_clip)
         update_account(state, evidence, item.message.timestamp)

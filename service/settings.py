@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     )
     max_batch: int = Field(default=1_000, ge=1)
     max_recipients: int = Field(default=10_000, ge=1)
+    max_clock_skew_s: int = Field(
+        default=3_600, ge=0, description="How far in the future a message timestamp may be (seconds)"
+    )
     reasons: int = Field(default=5, ge=0, le=50, description="Top feature contributions in each answer")
 
     # -- decision

@@ -28,6 +28,14 @@ def require_corpus() -> None:
     pytest.skip(f"shared corpora not found at {DATA_DIR}")
 
 
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests build their own settings: an exported OUTGUARD_* variable must not leak in."""
+    for name in list(os.environ):
+        if name.startswith("OUTGUARD_") and name != "OUTGUARD_DATA_DIR":
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def corpus_dir() -> Path:
     require_corpus()

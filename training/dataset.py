@@ -8,6 +8,7 @@ Parquet under the cache folder, keyed by the feature-spec version.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -19,8 +20,7 @@ from features.message import parse_raw
 from features.spec import FEATURE_SPEC_VERSION
 from training.corpora import CorpusMessage, body_fingerprint, iter_corpus, undo_list_server
 
-# Bump when corpus cleaning changes, so stale cached features are not reused.
-DATASET_REVISION = 2
+FEATURE_SOURCES = Path(__file__).resolve().parent.parent / "features"
 SPLIT_ORDER = {"train": 0, "calibration": 1, "test": 2}
 
 
@@ -53,8 +53,16 @@ def deduplicate(frame: pd.DataFrame) -> pd.DataFrame:
     return kept.drop(columns=["_split_rank", "_source_rank"]).reset_index(drop=True)
 
 
+def code_fingerprint() -> str:
+    """A hash of the code that turns a message into features: a change means re-extracting."""
+    digest = hashlib.sha1()
+    for path in sorted([*FEATURE_SOURCES.glob("*.py"), Path(__file__), Path(__file__).with_name("corpora.py")]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def build_corpus_dataset(data_dir: Path, cache_dir: Path, jobs: int = -1, use_cache: bool = True) -> pd.DataFrame:
-    cache_file = cache_dir / f"corpus-features-spec{FEATURE_SPEC_VERSION}-{DATASET_REVISION}.parquet"
+    cache_file = cache_dir / f"corpus-features-spec{FEATURE_SPEC_VERSION}-{code_fingerprint()}.parquet"
     if use_cache and cache_file.is_file():
         return pd.read_parquet(cache_file)
     items = list(iter_corpus(data_dir, cache_dir))

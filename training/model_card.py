@@ -20,11 +20,12 @@ def render_model_card(bundle: ModelBundle) -> str:
     test = bundle.metrics.get("test", {})
     data = bundle.data
     gains = bundle.booster.feature_importance(importance_type="gain")
-    order = np.argsort(gains)[::-1][:15]
     names = bundle.model_features
+    order = np.argsort(gains)[::-1][:15]
     importance_rows = "\n".join(
         f"| `{names[i]}` | {gains[i] / gains.sum():.3f} | {BY_NAME[names[i]].description} |" for i in order
     )
+    unused = ", ".join(f"`{names[i]}`" for i in range(len(names)) if gains[i] == 0) or "none"
     modern = bundle.metrics.get("modern_mail", {})
     modern_rows = "\n".join(
         f"| {name.replace('_', ' ')} | {'spam' if v['label'] else 'ham'} | {v['spam_probability']:.3f} |"
@@ -108,6 +109,8 @@ service's own traffic matter.
 | feature | gain share | meaning |
 | --- | --- | --- |
 {importance_rows}
+
+Never split on (zero gain; present in the spec, no signal the model used): {unused}.
 
 ## Limits
 

@@ -1,14 +1,36 @@
-"""Bearer tokens with scopes. With no tokens configured, auth is off (loopback only, see the CLI)."""
+"""Bearer tokens with scopes, checked before a request body is read.
+
+Auth is an ASGI middleware rather than a route dependency: FastAPI reads and parses
+the body before it resolves dependencies, which would let anyone without a token make
+the service parse up to `max_request_bytes` of JSON. With no tokens configured, auth
+is off (and the CLI binds loopback only).
+"""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
 
-from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import Forbidden, Unauthenticated
-from service.settings import Scope, Settings
+from service.errors import Forbidden, OutguardError, Unauthenticated, send_error
+from service.settings import Scope as TokenScope
+from service.settings import Settings
+
+# Path prefix -> the scope it needs. Anything else under /v1/ needs `admin`; the
+# operational endpoints outside /v1/ (health, readiness, metrics, docs) are open.
+ROUTE_SCOPES: tuple[tuple[str, TokenScope], ...] = (
+    ("/v1/score", TokenScope.SCORE),
+    ("/v1/feedback", TokenScope.FEEDBACK),
+)
+
+
+def required_scope(path: str) -> TokenScope | None:
+    if not path.startswith("/v1/"):
+        return None
+    for prefix, scope in ROUTE_SCOPES:
+        if path == prefix or path.startswith(prefix + "/"):
+            return scope
+    return TokenScope.ADMIN
 
 
 class TokenAuth:
@@ -19,31 +41,35 @@ class TokenAuth:
     def enabled(self) -> bool:
         return bool(self._tokens)
 
-    def scopes_for(self, authorization: str | None) -> frozenset[Scope]:
+    def check(self, authorization: str | None, needed: TokenScope) -> None:
         if not authorization:
             raise Unauthenticated("missing Authorization header; send `Authorization: Bearer <token>`")
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
             raise Unauthenticated("Authorization must be `Bearer <token>`")
         presented = credentials.strip().encode()
-        found: frozenset[Scope] | None = None
+        found: frozenset[TokenScope] | None = None
         for token, scopes in self._tokens:  # compare against every token: no timing hint of which matched
             if hmac.compare_digest(token, presented):
                 found = scopes
         if found is None:
             raise Unauthenticated("unknown token")
-        return found
+        if needed not in found and TokenScope.ADMIN not in found:
+            raise Forbidden(f"this token lacks the `{needed.value}` scope")
 
 
-def require(scope: Scope) -> Callable[[Request], Awaitable[None]]:
-    """A FastAPI dependency that admits requests whose token carries `scope` (or `admin`)."""
+class TokenAuthMiddleware:
+    def __init__(self, app: ASGIApp, auth: TokenAuth) -> None:
+        self.app = app
+        self.auth = auth
 
-    async def check(request: Request) -> None:
-        auth: TokenAuth = request.app.state.auth
-        if not auth.enabled:
-            return
-        scopes = auth.scopes_for(request.headers.get("authorization"))
-        if scope not in scopes and Scope.ADMIN not in scopes:
-            raise Forbidden(f"this token lacks the `{scope.value}` scope")
-
-    return check
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        needed = required_scope(scope["path"]) if scope["type"] == "http" and self.auth.enabled else None
+        if needed is not None:
+            header = dict(scope["headers"]).get(b"authorization")
+            try:
+                self.auth.check(header.decode("latin-1") if header else None, needed)
+            except OutguardError as exc:
+                await send_error(send, exc)
+                return
+        await self.app(scope, receive, send)

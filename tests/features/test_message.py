@@ -42,8 +42,11 @@ def test_structured_content_gives_the_same_content_features_as_raw() -> None:
         attachments=[Attachment("invoice.pdf", "application/pdf", 13)],
     )
     a, b = content_features(raw).features, content_features(structured).features
-    for name in ("url_count", "html_present", "attachment_count", "mime_depth", "text_length_log", "subject_length"):
-        assert a[name] == b[name], name
+    # A relay that splits the message hands over decoded text and fewer headers; the
+    # header inventory and RFC 2047 encoding are the only things it cannot convey.
+    not_conveyed = {"subject_encoded", "header_count", "message_id_missing", "date_missing", "mime_parse_defects"}
+    differing = {name for name in a if a[name] != b[name]}
+    assert differing <= not_conveyed
 
 
 def test_receiving_side_headers_never_change_the_features() -> None:

@@ -49,6 +49,19 @@ def test_health_needs_no_token(secured: TestClient) -> None:
     assert secured.get("/healthz").status_code == 200
 
 
+def test_the_token_is_checked_before_the_body_is_read(secured: TestClient) -> None:
+    response = secured.post("/v1/score", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 401
+
+
+def test_unlisted_v1_routes_need_admin(secured: TestClient) -> None:
+    relay = secured.get("/v1/accounts/default/alice", headers={"Authorization": "Bearer relay-token"})
+    assert relay.status_code == 403
+    assert "`admin` scope" in relay.json()["detail"]
+    admin = secured.get("/v1/accounts/default/alice", headers={"Authorization": "Bearer admin-token"})
+    assert admin.status_code == 404  # past auth; the route does not exist (yet)
+
+
 def test_tokens_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OUTGUARD_TOKENS", '{"t1": ["score", "feedback"]}')
     assert Settings().tokens == {"t1": ["score", "feedback"]}

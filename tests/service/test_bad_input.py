@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -58,15 +59,35 @@ def test_raw_over_the_size_limit_is_413(settings: Settings) -> None:
     assert "over the limit of 2048 bytes" in response.json()["detail"]
 
 
-def test_the_default_raw_limit_is_ten_megabytes() -> None:
-    assert Settings().max_raw_bytes == 10 * 1024 * 1024
+@pytest.mark.parametrize("field", ["raw", "subject", "text", "html"])
+@pytest.mark.parametrize("junk", ["\\ud800", "\\udcff", "\\udbff\\u0000"])
+def test_lone_surrogates_and_control_characters_are_still_scored(client: TestClient, field: str, junk: str) -> None:
+    # Valid JSON escapes that decode to text no encoder accepts.
+    body = f'{{"message_id": "g", "{field}": "Subject: x\\r\\n\\r\\nbody {junk} end"}}'.encode()
+    response = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+
+
+def test_eight_bit_mail_arrives_exact_as_base64(client: TestClient) -> None:
+    import base64
+
+    raw = (
+        b"From: x@example.com\r\nSubject: caf\xe9\r\nContent-Type: text/plain; charset=latin-1\r\n\r\nd\xe9j\xe0 vu\r\n"
+    )
+    response = client.post("/v1/score", json={"message_id": "b64", "raw_base64": base64.b64encode(raw).decode()})
+    assert response.status_code == 200
+    bad = client.post("/v1/score", json={"message_id": "b64", "raw_base64": "not base64!"})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["field"] == "raw_base64"
+
+
+def test_a_timestamp_far_in_the_future_is_refused(client: TestClient) -> None:
+    response = client.post("/v1/score", json={"message_id": "f", "timestamp": "2099-01-01T00:00:00Z", "text": "x"})
+    assert response.status_code == 422
+    assert "in the future" in response.json()["detail"]
 
 
 def test_garbage_raw_content_is_still_scored(client: TestClient) -> None:
-    # Control characters and a lone surrogate, as JSON escapes: valid JSON, broken text.
-    body = b'{"message_id": "g", "raw": "\\u0000\\u0001 not a message at all \\udcff"}'
-    response = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
-    assert response.status_code == 200
     response = client.post("/v1/score", json={"message_id": "g", "raw": "no headers, just text"})
     assert response.status_code == 200
 
