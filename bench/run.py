@@ -62,7 +62,7 @@ def sample_messages(settings: Settings, count: int, seed: int = 7) -> list[dict[
         messages.append(
             {
                 "message_id": f"<bench-{i}@outguard>",
-                "timestamp": f"2026-11-23T10:{(i // 60) % 60:02d}:{i % 60:02d}Z",
+                "timestamp": f"2026-01-15T10:{(i // 60) % 60:02d}:{i % 60:02d}Z",
                 "relay": "bench",
                 "sasl_username": f"user{i % 200}@example.net",
                 "client_ip": f"198.51.100.{i % 250}",
