@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-FEATURE_SPEC_VERSION = "1"
+FEATURE_SPEC_VERSION = "2"
 
 
 class Group(StrEnum):
@@ -154,13 +154,23 @@ FEATURES: tuple[Feature, ...] = (
         "Share of this message's recipient domains the account never sent to before",
     ),
     Feature("msg_recipient_count", _C, Group.BEHAVIOUR, "Envelope recipients of this message"),
-    # -- recipient engagement (filled by feedback ingestion; neutral until then)
-    Feature("eng_bounce_rate", _R, Group.ENGAGEMENT, "Decayed hard-bounce rate of the account's recent mail"),
-    Feature("eng_complaint_rate", _R, Group.ENGAGEMENT, "Decayed complaint rate of the account's recent mail"),
-    Feature("eng_reply_rate", _R, Group.ENGAGEMENT, "Decayed reply rate of the account's recent mail"),
+    # -- recipient engagement, decayed over days; rates are smoothed towards a prior so
+    # that an account with 2 recipients is not judged like one with 2,000 (the
+    # `eng_*_log` counts say how much is behind them). Neutral = the prior.
+    Feature("eng_hard_bounce_rate", _R, Group.ENGAGEMENT, "Smoothed share of recipients that hard-bounced", 0.01),
     Feature(
-        "eng_feedback_count_log", _F, Group.ENGAGEMENT, "log1p of the decayed count of feedback events behind the rates"
+        "eng_invalid_recipient_rate",
+        _R,
+        Group.ENGAGEMENT,
+        "Smoothed share of recipients that do not exist (5.1.x)",
+        0.005,
     ),
+    Feature("eng_complaint_rate", _R, Group.ENGAGEMENT, "Smoothed share of recipients that complained", 0.0005),
+    Feature("eng_reply_rate", _R, Group.ENGAGEMENT, "Smoothed share of recipients that replied", 0.02),
+    Feature("eng_open_rate", _R, Group.ENGAGEMENT, "Smoothed share of recipients that opened", 0.2),
+    Feature("eng_click_rate", _R, Group.ENGAGEMENT, "Smoothed share of recipients that clicked", 0.02),
+    Feature("eng_recipients_log", _F, Group.ENGAGEMENT, "log1p of the decayed recipients behind the rates"),
+    Feature("eng_feedback_log", _F, Group.ENGAGEMENT, "log1p of the decayed feedback events received"),
 )
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)

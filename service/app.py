@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.auth import TokenAuth, TokenAuthMiddleware
+from service.api.feedback import feedback
 from service.api.routes import operations, scoring
 from service.container import build_container
 from service.errors import PayloadTooLarge, install_error_handlers, send_error
@@ -20,7 +21,20 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 # Routes measured under their own label; anything else is "other" (bounded cardinality).
-KNOWN_ROUTES = frozenset({"/v1/score", "/v1/score/batch", "/healthz", "/readyz", "/metrics"})
+KNOWN_ROUTES = frozenset(
+    {
+        "/v1/score",
+        "/v1/score/batch",
+        "/v1/feedback",
+        "/v1/feedback/batch",
+        "/v1/feedback/dsn",
+        "/v1/feedback/arf",
+        "/v1/labels",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    }
+)
 
 
 class RequestMetrics:
@@ -122,6 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.container = container
     install_error_handlers(app)
     app.include_router(scoring)
+    app.include_router(feedback)
     app.include_router(operations)
     # Outermost last: metrics see every answer, auth runs before the body is read.
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)

@@ -11,12 +11,20 @@ from pathlib import Path
 
 from models.bundle import load_bundle
 from service.decision import DecisionPolicy
+from service.feedback.ingest import FeedbackIngestor
 from service.metrics import Metrics
 from service.scoring import ModelHolder, Scorer
 from service.settings import Settings
-from service.stores import AccountStateStore, BehaviourStore
-from service.stores.memory import MemoryAccountStateStore, MemoryBehaviourStore
+from service.stores import AccountStateStore, BehaviourStore, EngagementStore
+from service.stores.memory import (
+    MemoryAccountStateStore,
+    MemoryBehaviourStore,
+    MemoryEngagementStore,
+    MemoryMessageIndex,
+)
+from service.stores.sqlite import SqliteDatabase
 from service.stores.sqlite_events import SqliteEventLog
+from service.stores.sqlite_feedback import SqliteFeedbackLog, SqliteLabelStore
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +35,19 @@ RECIPIENT_KEY_FILE = "recipient-hash.key"
 class Container:
     settings: Settings
     model: ModelHolder
+    database: SqliteDatabase
     events: SqliteEventLog
+    feedback: SqliteFeedbackLog
+    labels: SqliteLabelStore
     behaviour: BehaviourStore
+    engagement: EngagementStore
     accounts: AccountStateStore
     metrics: Metrics
     scorer: Scorer
+    ingestor: FeedbackIngestor
 
     def close(self) -> None:
-        self.events.close()
+        self.database.close()
 
 
 def recipient_hash_key(settings: Settings) -> bytes:
@@ -64,19 +77,22 @@ def build_container(settings: Settings) -> Container:
     bundle = load_bundle(settings.model_dir)
     metrics = Metrics()
     metrics.model_info.labels(bundle.version, bundle.feature_spec_version).set(1)
-    events = SqliteEventLog(
-        settings.sqlite_path,
-        settings.event_queue_max,
-        on_drop=metrics.events_dropped.inc,
-        on_write_failure=metrics.events_write_failed.inc,
+    database = SqliteDatabase(
+        settings.sqlite_path, settings.event_queue_max, on_write_failure=metrics.events_write_failed.inc
     )
+    events = SqliteEventLog(database, on_drop=metrics.events_dropped.inc)
     behaviour = MemoryBehaviourStore(settings.max_tracked_accounts)
+    engagement = MemoryEngagementStore(settings.max_tracked_accounts)
     accounts = MemoryAccountStateStore(settings.max_tracked_accounts)
+    index = MemoryMessageIndex(settings.message_index_size)
+    feedback = SqliteFeedbackLog(database)
     model = ModelHolder(bundle)
     scorer = Scorer(
         model=model,
         behaviour=behaviour,
+        engagement=engagement,
         accounts=accounts,
+        index=index,
         events=events,
         metrics=metrics,
         policy=DecisionPolicy(
@@ -84,8 +100,23 @@ def build_container(settings: Settings) -> Container:
             reject_threshold=settings.reject_threshold,
             lock_threshold=settings.lock_threshold,
             evidence_clip=settings.evidence_clip,
+            engagement_credit=settings.engagement_credit,
         ),
         recipient_hash_key=recipient_hash_key(settings),
         reasons=settings.reasons,
     )
-    return Container(settings, model, events, behaviour, accounts, metrics, scorer)
+    ingestor = FeedbackIngestor(scored=events, index=index, feedback=feedback, engagement=engagement, metrics=metrics)
+    return Container(
+        settings=settings,
+        model=model,
+        database=database,
+        events=events,
+        feedback=feedback,
+        labels=SqliteLabelStore(database),
+        behaviour=behaviour,
+        engagement=engagement,
+        accounts=accounts,
+        metrics=metrics,
+        scorer=scorer,
+        ingestor=ingestor,
+    )

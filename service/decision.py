@@ -5,7 +5,9 @@ message's log-likelihood ratio (spam vs ham), the evidence it carries. Per accou
 a CUSUM of those ratios, S = max(0, S + llr), which ham pulls back down and a run of
 spam drives up; an account is recommended for locking when S crosses
 `lock_threshold` (Wald's bound: ln(1/alpha) nats for a false-alarm rate alpha).
-`account_risk` is S as a share of that threshold.
+Feedback adds the engagement log-likelihood ratio (`features.engagement`): bounces to
+invalid recipients and complaints raise it, deliveries and replies lower it.
+`account_risk` is the total as a share of the lock threshold.
 
 Actions, mildest first: accept; defer (temporary failure, the relay retries) when the
 account is recommended for locking but this message is not spam-like; hold (quarantine)
@@ -35,6 +37,7 @@ class DecisionPolicy:
     reject_threshold: float
     lock_threshold: float
     evidence_clip: float
+    engagement_credit: float = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +60,17 @@ def update_account(state: AccountState, evidence: float, timestamp: float) -> No
     state.last_scored = timestamp if state.last_scored is None else max(state.last_scored, timestamp)
 
 
-def decide(probability: float, state: AccountState, policy: DecisionPolicy) -> Decision:
-    risk = min(1.0, state.evidence / policy.lock_threshold)
-    lock_recommended = state.evidence >= policy.lock_threshold
+def account_evidence(state: AccountState, engagement: float, policy: DecisionPolicy) -> float:
+    """Content CUSUM plus engagement evidence. Bounces and complaints push without limit;
+    good engagement offsets at most `engagement_credit`, because recipients whose
+    bounces have not arrived yet look like deliveries."""
+    return max(0.0, state.evidence + max(engagement, -policy.engagement_credit))
+
+
+def decide(probability: float, state: AccountState, policy: DecisionPolicy, engagement: float = 0.0) -> Decision:
+    evidence = account_evidence(state, engagement, policy)
+    risk = min(1.0, evidence / policy.lock_threshold)
+    lock_recommended = evidence >= policy.lock_threshold
     # Graduated: one extreme message from an account with no other evidence is held for a
     # person to look at; only an account already recommended for locking gets bounces.
     if probability >= policy.reject_threshold and lock_recommended:

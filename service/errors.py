@@ -34,6 +34,11 @@ class InvalidInput(OutguardError):
     code = "invalid_request"
 
 
+class UnsupportedMediaType(OutguardError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class PayloadTooLarge(OutguardError):
     status = 413
     code = "payload_too_large"

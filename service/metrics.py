@@ -41,6 +41,10 @@ class Metrics:
         self.event_queue_depth = Gauge(
             "outguard_event_queue_depth", "Scored events waiting for the log writer", registry=self.registry
         )
+        self.feedback_events = Counter(
+            "outguard_feedback_events", "Feedback events ingested", ["type", "status"], registry=self.registry
+        )
+        self.labels_received = Counter("outguard_labels", "Admin verdicts received", ["label"], registry=self.registry)
         self.model_info = Gauge(
             "outguard_model_info", "The model in use (value 1)", ["version", "feature_spec"], registry=self.registry
         )

@@ -16,14 +16,32 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.behaviour import Observation, recipient_domain
+from features.engagement import SENT, engagement_evidence
 from features.message import Attachment, ParsedMessage, parse_raw, parse_structured
 from features.spec import BY_NAME
 from features.vector import ContentVector, assemble, content_vector
 from models.bundle import ModelBundle, Prediction
-from service.decision import Decision, DecisionPolicy, decide, locked_decision, message_evidence, update_account
+from service.decision import (
+    Action,
+    Decision,
+    DecisionPolicy,
+    decide,
+    locked_decision,
+    message_evidence,
+    update_account,
+)
 from service.identity import Identity, IdentityRule, resolve_identity
 from service.metrics import Metrics
-from service.stores import AccountKey, AccountStateStore, BehaviourStore, EventLog, ScoredEvent
+from service.stores import (
+    AccountKey,
+    AccountStateStore,
+    BehaviourStore,
+    EngagementStore,
+    EventLog,
+    MessageRef,
+    ScoredEvent,
+)
+from service.stores.memory import MemoryMessageIndex
 
 
 @dataclass(slots=True)
@@ -38,6 +56,7 @@ class MessageInput:
     client_ip: str | None = None
     helo: str | None = None
     envelope_from: str | None = None
+    queue_id: str | None = None
     recipients: Sequence[str] = ()
     raw: str | bytes | None = None
     headers: list[tuple[str, str]] | None = None
@@ -83,6 +102,7 @@ class _Pending:
     identity: Identity
     row: np.ndarray | None  # None: the account is locked, the model does not run
     recipients_hashed: list[str]
+    engagement_evidence: float = 0.0
 
 
 class Scorer:
@@ -91,7 +111,9 @@ class Scorer:
         *,
         model: ModelHolder,
         behaviour: BehaviourStore,
+        engagement: EngagementStore,
         accounts: AccountStateStore,
+        index: MemoryMessageIndex,
         events: EventLog,
         metrics: Metrics,
         policy: DecisionPolicy,
@@ -101,7 +123,9 @@ class Scorer:
     ) -> None:
         self.model = model
         self.behaviour = behaviour
+        self.engagement = engagement
         self.accounts = accounts
+        self.index = index
         self.events = events
         self.metrics = metrics
         self.policy = policy
@@ -162,9 +186,9 @@ class Scorer:
         hashed = [self.hash_recipient(r) for r in recipients]
         if (await self.accounts.get(key)).locked:
             return _Pending(message, key, identity, None, hashed)
-        # Engagement stays neutral until feedback ingestion fills it.
-        row = assemble(content.content.features, content.text_model_score, snapshot, None)
-        return _Pending(message, key, identity, row, hashed)
+        engagement = await self.engagement.snapshot(key)
+        row = assemble(content.content.features, content.text_model_score, snapshot, engagement)
+        return _Pending(message, key, identity, row, hashed, engagement_evidence(engagement))
 
     async def _finish(self, item: _Pending, bundle: ModelBundle, prediction: Prediction, index: int) -> ScoreResult:
         probability = float(prediction.probabilities[index])
@@ -175,7 +199,7 @@ class Scorer:
         evidence = message_evidence(probability, bundle.prior_log_odds, self.policy.evidence_clip)
         update_account(state, evidence, item.message.timestamp)
         await self.accounts.put(item.key, state)
-        decision = decide(probability, state, self.policy)
+        decision = decide(probability, state, self.policy, item.engagement_evidence)
         assert item.row is not None
         reasons = self._reasons(bundle, item.row, contributions)
         self.metrics.messages_scored.inc()
@@ -197,6 +221,14 @@ class Scorer:
         self.metrics.actions.labels(decision.action.value).inc()
         if decision.lock_recommended:
             self.metrics.lock_recommendations.inc()
+        message = item.message
+        if not locked:
+            self.index.remember(
+                MessageRef(message.message_id, message.queue_id, item.key.relay, item.key.account, message.timestamp)
+            )
+        if decision.action is Action.ACCEPT and item.recipients_hashed:
+            # Only mail that leaves can bounce or be complained about.
+            await self.engagement.add(item.key, {SENT: float(len(item.recipients_hashed))}, message.timestamp)
         await self.events.append(
             ScoredEvent(
                 timestamp=item.message.timestamp,
@@ -204,6 +236,7 @@ class Scorer:
                 account=item.key.account,
                 identity_source=item.identity.source,
                 message_id=item.message.message_id,
+                queue_id=item.message.queue_id,
                 model_version=bundle.version,
                 feature_spec_version=bundle.feature_spec_version,
                 features=item.row.tolist() if item.row is not None else None,

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     )
     event_queue_max: int = Field(default=100_000, ge=1, description="Scored events waiting for the log writer")
     max_tracked_accounts: int = Field(default=200_000, ge=1, description="Accounts kept in in-process state (LRU)")
+    message_index_size: int = Field(
+        default=500_000, ge=1, description="Recently scored Message-IDs kept in memory for matching feedback"
+    )
 
     # -- model
     model_dir: Path = PROJECT_ROOT / "models" / "default"
@@ -70,6 +73,11 @@ class Settings(BaseSettings):
         "9.2 = ln(1/1e-4), Wald's bound for a false-alarm probability of 1e-4 per run",
     )
     evidence_clip: float = Field(default=4.0, gt=0, description="Largest evidence one message can add, in nats")
+    engagement_credit: float = Field(
+        default=4.0,
+        ge=0,
+        description="Most that good engagement (deliveries, replies) can offset of content evidence, in nats",
+    )
 
     @field_validator("reject_threshold")
     @classmethod

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
-from typing import Annotated
+from datetime import datetime
 
-import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from features.message import Attachment
+from service.api.common import ContainerDep, event_time, json_response
 from service.api.schemas import BatchIn, BatchOut, ErrorOut, MessageIn, ScoreOut
-from service.container import Container
-from service.errors import InvalidInput, NotReady, PayloadTooLarge
+from service.errors import NotReady, PayloadTooLarge
 from service.scoring import MessageInput, ScoreResult
 from service.settings import Settings
 
@@ -28,13 +26,6 @@ ERRORS = {
 
 scoring = APIRouter(prefix="/v1", tags=["scoring"], responses=ERRORS)
 operations = APIRouter(tags=["operations"])
-
-
-def get_container(request: Request) -> Container:
-    return request.app.state.container
-
-
-ContainerDep = Annotated[Container, Depends(get_container)]
 
 
 def raw_size(raw: str) -> int:
@@ -53,23 +44,16 @@ def to_input(message: MessageIn, limits: Settings, position: str = "", now: date
         raise PayloadTooLarge(
             f"{position}recipients has {len(message.recipients)} entries, over the limit of {limits.max_recipients}"
         )
-    now = now or datetime.now(UTC)
-    timestamp = message.timestamp or now
-    if (ahead := (timestamp - now).total_seconds()) > limits.max_clock_skew_s:
-        # One message from the far future would make every later one look late to its account's windows.
-        raise InvalidInput(
-            f"{position}timestamp is {ahead:.0f} s in the future, more than the allowed clock skew of "
-            f"{limits.max_clock_skew_s} s"
-        )
     return MessageInput(
         message_id=message.message_id,
-        timestamp=timestamp.timestamp(),
+        timestamp=event_time(message.timestamp, limits, position, now),
         relay=message.relay,
         account=message.account,
         sasl_username=message.sasl_username,
         client_ip=message.client_ip,
         helo=message.helo,
         envelope_from=message.envelope_from,
+        queue_id=message.queue_id,
         recipients=message.recipients,
         raw=raw,
         headers=message.headers,
@@ -98,10 +82,6 @@ def to_json(result: ScoreResult) -> dict[str, object]:
         ],
         "model_version": result.model_version,
     }
-
-
-def json_response(body: object) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json")
 
 
 # Hot routes answer with orjson bytes directly: the response model documents them,

@@ -63,6 +63,7 @@ class MessageIn(BaseModel):
     client_ip: str | None = None
     helo: ShortText | None = None
     envelope_from: ShortText | None = None
+    queue_id: ShortText | None = Field(default=None, description="The relay's queue id, to match bounces by")
     recipients: list[ShortText] = Field(default_factory=list)
     raw: Text | None = Field(default=None, description="The whole RFC 5322 message, as text")
     raw_base64: str | None = Field(

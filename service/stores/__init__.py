@@ -9,9 +9,11 @@ must never block the event loop; the in-process implementations return at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from enum import StrEnum
+from typing import Any, Protocol
 
 from features.behaviour import BehaviourSnapshot, Observation
+from features.engagement import EngagementSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,72 @@ class ScoredEvent:
     recipients_hashed: list[str] = field(default_factory=list)
     client_ip: str | None = None
     scored_at: float = 0.0
+    queue_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRef:
+    """Where a scored message came from: what feedback about it is attributed to."""
+
+    message_id: str
+    queue_id: str | None
+    relay: str
+    account: str
+    timestamp: float
+
+
+class FeedbackType(StrEnum):
+    DELIVERED = "delivered"
+    BOUNCE = "bounce"
+    DEFERRED = "deferred"
+    COMPLAINT = "complaint"
+    REPLY = "reply"
+    OPEN = "open"
+    CLICK = "click"
+    UNSUBSCRIBE = "unsubscribe"
+    NOT_SPAM = "not_spam"  # an ARF "not-spam" report: a recipient rescued the message
+
+
+@dataclass(slots=True)
+class FeedbackEvent:
+    """One thing that happened to a sent message, for one recipient."""
+
+    event_id: str
+    type: FeedbackType
+    timestamp: float
+    message_id: str | None = None
+    queue_id: str | None = None
+    relay: str | None = None  # filled from the scored message when it is found
+    account: str | None = None
+    recipient_hash: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    matched: bool = False  # attributed to a scored message
+
+
+class LabelTarget(StrEnum):
+    MESSAGE = "message"
+    ACCOUNT = "account"
+
+
+class Verdict(StrEnum):
+    SPAM = "spam"
+    HAM = "ham"
+    COMPROMISED = "compromised"
+    CLEAN = "clean"
+
+
+@dataclass(slots=True)
+class Label:
+    """An admin verdict on a message or an account: a training label."""
+
+    target: LabelTarget
+    label: Verdict
+    actor: str
+    reason: str
+    timestamp: float
+    message_id: str | None = None
+    relay: str | None = None
+    account: str | None = None
 
 
 @dataclass(slots=True)
@@ -62,13 +130,28 @@ class EventLog(Protocol):
     async def ping(self) -> bool:
         """The log's storage answers."""
 
-    def close(self) -> None:
-        """Write what is queued and release the storage."""
-
 
 class BehaviourStore(Protocol):
     async def observe(self, key: AccountKey, observation: Observation) -> BehaviourSnapshot:
         """Count one message in the account's windows and return them, this message included."""
+
+
+class EngagementStore(Protocol):
+    async def add(self, key: AccountKey, counts: dict[str, float], timestamp: float) -> None:
+        """Add to the account's decayed engagement counts (recipients sent, outcomes, feedback)."""
+
+    async def snapshot(self, key: AccountKey) -> EngagementSnapshot | None:
+        """The account's engagement, or None for an account with none."""
+
+
+class FeedbackLog(Protocol):
+    async def add(self, events: list[FeedbackEvent]) -> list[bool]:
+        """Store durably before returning; per event, whether it was new (False: a duplicate id)."""
+
+
+class LabelStore(Protocol):
+    async def add(self, label: Label) -> int:
+        """Store durably before returning; the label's id."""
 
 
 class AccountStateStore(Protocol):

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
 from features.behaviour import BehaviourSnapshot, DecayedRate, Observation
-from service.stores import AccountKey, AccountState
+from features.engagement import DecayedCounts, EngagementSnapshot
+from service.stores import AccountKey, AccountState, MessageRef
 
 MAX_KNOWN_DOMAINS = 10_000
 MAX_RECENT_VALUES = 2_000
@@ -166,3 +167,47 @@ class MemoryAccountStateStore:
 
     async def put(self, key: AccountKey, state: AccountState) -> None:
         self._accounts.put(key, replace(state))
+
+
+class MemoryEngagementStore:
+    def __init__(self, max_accounts: int) -> None:
+        self._accounts: _Lru[DecayedCounts] = _Lru(max_accounts)
+
+    async def add(self, key: AccountKey, counts: dict[str, float], timestamp: float) -> None:
+        decayed = self._accounts.get(key)
+        if decayed is None:
+            decayed = DecayedCounts()
+            self._accounts.put(key, decayed)
+        for name, amount in counts.items():
+            decayed.add(name, amount, timestamp)
+
+    async def snapshot(self, key: AccountKey) -> EngagementSnapshot | None:
+        decayed = self._accounts.get(key)
+        return EngagementSnapshot.from_counts(decayed) if decayed is not None else None
+
+
+class MemoryMessageIndex:
+    """Recently scored messages by Message-ID and queue id: feedback finds its account without a disk read."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._by_message_id: OrderedDict[str, list[MessageRef]] = OrderedDict()
+        self._by_queue_id: OrderedDict[str, MessageRef] = OrderedDict()
+
+    def remember(self, ref: MessageRef) -> None:
+        refs = self._by_message_id.setdefault(ref.message_id, [])
+        refs.append(ref)
+        del refs[:-4]  # the same Message-ID through a few relays at most
+        self._by_message_id.move_to_end(ref.message_id)
+        if ref.queue_id:
+            self._by_queue_id[ref.queue_id] = ref
+            self._by_queue_id.move_to_end(ref.queue_id)
+        for index in (self._by_message_id, self._by_queue_id):
+            while len(index) > self.capacity:
+                index.popitem(last=False)
+
+    def find(self, message_id: str | None, queue_id: str | None) -> list[MessageRef]:
+        found = list(self._by_message_id.get(message_id, ())) if message_id else []
+        if queue_id and (ref := self._by_queue_id.get(queue_id)) is not None and ref not in found:
+            found.append(ref)
+        return found

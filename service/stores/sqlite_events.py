@@ -1,70 +1,30 @@
-"""The scored-message log in SQLite, written by one background thread in group commits.
+"""The scored-message log in SQLite.
 
-Handlers enqueue and return; the writer thread drains the queue in batches, one
-transaction per batch (WAL, synchronous=NORMAL). If the queue is full the event is
-dropped and counted rather than stalling scoring: scoring answers are not
-acknowledgements of a write. Feedback, labels and locks, which are, get stores
-that commit before the reply.
+Appends go to the database's writer thread without waiting: scoring answers are not
+acknowledgements of a write, so a full queue drops the event and counts it rather
+than stalling scoring. Feedback, labels and locks, which are acknowledged, are
+committed before their reply (`sqlite_feedback`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import queue
 import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import orjson
 
-from service.stores import ScoredEvent
-
-log = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS scored_messages (
-    id INTEGER PRIMARY KEY,
-    ts REAL NOT NULL,
-    relay TEXT NOT NULL,
-    account TEXT NOT NULL,
-    identity_source TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    feature_spec_version TEXT NOT NULL,
-    features BLOB,
-    spam_probability REAL,
-    account_risk REAL NOT NULL,
-    action TEXT NOT NULL,
-    lock_recommended INTEGER NOT NULL,
-    recipients_hashed TEXT NOT NULL,
-    client_ip TEXT,
-    scored_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS scored_messages_account_ts ON scored_messages (relay, account, ts);
-CREATE INDEX IF NOT EXISTS scored_messages_message_id ON scored_messages (message_id);
-"""
+from service.stores import MessageRef, ScoredEvent
+from service.stores.sqlite import SqliteDatabase
 
 _INSERT = """
-INSERT INTO scored_messages (ts, relay, account, identity_source, message_id, model_version,
+INSERT INTO scored_messages (ts, relay, account, identity_source, message_id, queue_id, model_version,
     feature_spec_version, features, spam_probability, account_risk, action, lock_recommended,
     recipients_hashed, client_ip, scored_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-
-_STOP = object()
-BATCH_MAX = 1_000
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA busy_timeout=5000")
-    return connection
+# SQLite's default limit on bound parameters per statement is 999 on old builds.
+_LOOKUP_CHUNK = 500
 
 
 def _row(event: ScoredEvent) -> tuple[object, ...]:
@@ -74,6 +34,7 @@ def _row(event: ScoredEvent) -> tuple[object, ...]:
         event.account,
         event.identity_source,
         event.message_id,
+        event.queue_id,
         event.model_version,
         event.feature_spec_version,
         orjson.dumps(event.features) if event.features is not None else None,
@@ -88,89 +49,43 @@ def _row(event: ScoredEvent) -> tuple[object, ...]:
 
 
 class SqliteEventLog:
-    def __init__(
-        self,
-        path: Path,
-        queue_max: int,
-        on_drop: Callable[[], None] | None = None,
-        on_write_failure: Callable[[int], None] | None = None,
-    ) -> None:
-        self.path = path
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_max)
+    def __init__(self, database: SqliteDatabase, on_drop: Callable[[], None] | None = None) -> None:
+        self.database = database
         self._on_drop = on_drop or (lambda: None)
-        self._on_write_failure = on_write_failure or (lambda _count: None)
-        with connect(path) as setup:
-            setup.executescript(SCHEMA)
-        self._writer = threading.Thread(target=self._write_loop, name="event-log-writer", daemon=True)
-        self._writer.start()
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self.database.writer.queue_depth
 
     async def append(self, event: ScoredEvent) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
+        row = _row(event)
+        if not self.database.writer.submit_nowait(lambda c: c.execute(_INSERT, row)):
             self._on_drop()
 
     async def flush(self) -> None:
-        await asyncio.to_thread(self._queue.join)
+        await self.database.writer.flush()
 
     async def ping(self) -> bool:
-        return await asyncio.to_thread(self._ping)
+        return await self.database.ping()
 
-    def _ping(self) -> bool:
-        try:
-            with sqlite3.connect(self.path, timeout=2) as connection:
-                connection.execute("SELECT 1 FROM scored_messages LIMIT 1")
-        except sqlite3.Error:
-            return False
-        return self._writer.is_alive()
+    async def find_messages(self, message_ids: Iterable[str], queue_ids: Iterable[str]) -> list[MessageRef]:
+        """Scored messages with any of these Message-IDs or queue ids, newest first."""
+        message_ids, queue_ids = list(set(message_ids)), list(set(queue_ids))
+        return await self.database.read(lambda c: _find(c, message_ids, queue_ids))
 
-    def close(self) -> None:
-        if self._writer.is_alive():
-            self._queue.put(_STOP)
-            self._writer.join(timeout=30)
 
-    def _write_loop(self) -> None:
-        connection = connect(self.path)
-        try:
-            while True:
-                batch = [self._queue.get()]
-                while len(batch) < BATCH_MAX:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                try:
-                    self._write(connection, [item for item in batch if isinstance(item, ScoredEvent)])
-                except Exception:  # the writer must outlive any one bad batch
-                    log.exception("event log writer: a batch of %d events was not written", len(batch))
-                    self._on_write_failure(len(batch))
-                finally:
-                    for _ in batch:
-                        self._queue.task_done()
-                if any(item is _STOP for item in batch):
-                    return
-        finally:
-            connection.close()
-
-    def _write(self, connection: sqlite3.Connection, events: list[ScoredEvent]) -> None:
-        if not events:
-            return
-        rows = [_row(event) for event in events]
-        for attempt in range(3):
-            try:
-                with connection:
-                    connection.execute("BEGIN")
-                    connection.executemany(_INSERT, rows)
-                return
-            except sqlite3.OperationalError as exc:  # locked by another process; brief retry
-                log.warning("event log write failed (attempt %d): %s", attempt + 1, exc)
-                time.sleep(0.1 * (attempt + 1))
-        log.error("event log: %d scored events not written after repeated failures", len(events))
-        self._on_write_failure(len(events))
+def _find(connection: sqlite3.Connection, message_ids: list[str], queue_ids: list[str]) -> list[MessageRef]:
+    found: list[MessageRef] = []
+    for column, values in (("message_id", message_ids), ("queue_id", queue_ids)):
+        for start in range(0, len(values), _LOOKUP_CHUNK):
+            chunk = values[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            cursor = connection.execute(
+                f"SELECT message_id, queue_id, relay, account, ts FROM scored_messages WHERE {column} IN ({marks})",
+                chunk,
+            )
+            found += [MessageRef(r[0], r[1], r[2], r[3], r[4]) for r in cursor]
+    return sorted(found, key=lambda ref: ref.timestamp, reverse=True)
 
 
 def read_scored(path: Path, limit: int | None = None) -> Iterator[dict[str, object]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.spec import FEATURE_NAMES
+from features.spec import FEATURE_NAMES, FEATURE_SPEC_VERSION
 from models.bundle import DEFAULT_BUNDLE_DIR, BundleError, FeatureSpecMismatch, load_bundle, save_bundle
 from models.explain import exact_contributions
 
@@ -28,7 +28,7 @@ def rows_near_real(bundle, n: int = 300) -> np.ndarray:
 
 
 def test_the_shipped_bundle_loads_and_names_its_spec(bundle) -> None:
-    assert bundle.feature_spec_version == "1"
+    assert bundle.feature_spec_version == FEATURE_SPEC_VERSION
     assert bundle.version.startswith("corpus-")
     assert (DEFAULT_BUNDLE_DIR / "MODEL_CARD.md").is_file()
 

@@ -15,7 +15,7 @@ def test_health_and_readiness(client: TestClient) -> None:
 
 
 def test_readiness_turns_red_when_the_event_log_is_gone(client: TestClient) -> None:
-    client.app.state.container.events.close()
+    client.app.state.container.database.close()
     response = client.get("/readyz")
     assert response.status_code == 503
     assert "event_log" in response.json()["detail"]

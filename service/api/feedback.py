@@ -1,0 +1,131 @@
+"""Feedback routes: events as JSON, raw DSNs and ARF reports, and admin verdicts (labels)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from service.api.common import ContainerDep, event_time, json_response
+from service.api.feedback_schemas import FeedbackBatchIn, FeedbackIn, LabelIn
+from service.api.routes import ERRORS
+from service.container import Container
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.feedback.arf import arf_events
+from service.feedback.bounces import bounce_class, invalid_recipient
+from service.feedback.dsn import dsn_events
+from service.feedback.reports import MalformedReport
+from service.feedback.verdicts import apply_verdict
+from service.stores import FeedbackEvent, FeedbackType, Label
+
+feedback = APIRouter(prefix="/v1", tags=["feedback"], responses=ERRORS)
+
+REPORT_MEDIA_TYPES = ("message/rfc822", "message/global")
+
+
+def to_event(item: FeedbackIn, container: Container, position: str = "") -> FeedbackEvent:
+    detail = item.detail.model_dump(exclude_none=True)
+    if item.type is FeedbackType.BOUNCE:
+        detail.setdefault("bounce_class", bounce_class(item.detail.status, item.detail.smtp_code))
+        detail["invalid_recipient"] = detail["bounce_class"] == "hard" and invalid_recipient(item.detail.status)
+    return FeedbackEvent(
+        event_id=item.event_id,
+        type=item.type,
+        timestamp=event_time(item.timestamp, container.settings, position),
+        message_id=item.message_id,
+        queue_id=item.queue_id,
+        relay=item.relay,
+        account=item.account,
+        recipient_hash=container.scorer.hash_recipient(item.recipient) if item.recipient else None,
+        detail=detail,
+    )
+
+
+@feedback.post("/feedback", summary="Ingest one feedback event (stored before the answer)")
+async def ingest_one(item: FeedbackIn, container: ContainerDep) -> Response:
+    [result] = await container.ingestor.ingest([to_event(item, container)])
+    return json_response(asdict(result))
+
+
+@feedback.post("/feedback/batch", summary="Ingest up to max_batch feedback events, answered per event in order")
+async def ingest_batch(batch: FeedbackBatchIn, container: ContainerDep) -> Response:
+    if len(batch.events) > container.settings.max_batch:
+        raise PayloadTooLarge(f"batch has {len(batch.events)} events, over the limit of {container.settings.max_batch}")
+    events = [to_event(item, container, f"events.{i}.") for i, item in enumerate(batch.events)]
+    results = await container.ingestor.ingest(events)
+    return json_response({"results": [asdict(r) for r in results]})
+
+
+async def _report_body(request: Request) -> bytes:
+    media_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media_type not in REPORT_MEDIA_TYPES:
+        raise UnsupportedMediaType(f"send the report as Content-Type: message/rfc822 (got {media_type or 'none'!r})")
+    body = await request.body()
+    if len(body) > request.app.state.container.settings.max_raw_bytes:
+        raise PayloadTooLarge(f"report is {len(body)} bytes, over the limit")
+    return body
+
+
+async def _ingest_report(request: Request, container: Container, parse: object, relay: str | None) -> Response:
+    body = await _report_body(request)
+    try:
+        events = parse(body, container.scorer.hash_recipient)  # type: ignore[operator]
+    except MalformedReport as exc:
+        raise InvalidInput(str(exc)) from None
+    for event in events:
+        event.relay = relay
+    results = await container.ingestor.ingest(events)
+    return json_response({"events": [asdict(r) | {"type": e.type.value} for r, e in zip(results, events, strict=True)]})
+
+
+@feedback.post(
+    "/feedback/dsn",
+    summary="Ingest a delivery status notification (RFC 3464), the raw message as message/rfc822",
+    openapi_extra={"requestBody": {"content": {"message/rfc822": {"schema": {"type": "string"}}}}},
+)
+async def ingest_dsn(
+    request: Request, container: ContainerDep, relay: str | None = Query(default=None, max_length=128)
+) -> Response:
+    return await _ingest_report(request, container, dsn_events, relay)
+
+
+@feedback.post(
+    "/feedback/arf",
+    summary="Ingest an abuse report from a feedback loop (ARF, RFC 5965), the raw message as message/rfc822",
+    openapi_extra={"requestBody": {"content": {"message/rfc822": {"schema": {"type": "string"}}}}},
+)
+async def ingest_arf(
+    request: Request, container: ContainerDep, relay: str | None = Query(default=None, max_length=128)
+) -> Response:
+    return await _ingest_report(request, container, arf_events, relay)
+
+
+@feedback.post("/labels", summary="Record an admin verdict on a message or an account (a training label)")
+async def add_label(item: LabelIn, container: ContainerDep) -> Response:
+    label = Label(
+        target=item.target,
+        label=item.label,
+        actor=item.actor,
+        reason=item.reason,
+        timestamp=event_time(item.timestamp, container.settings),
+        message_id=item.message_id,
+        relay=item.relay,
+        account=item.account,
+    )
+    if label.message_id and (ref := await container.ingestor.find(label.message_id, None, item.relay)):
+        label.relay, label.account = ref.relay, ref.account
+    label_id = await container.labels.add(label)
+    container.metrics.labels_received.labels(label.label.value).inc()
+    await apply_verdict(label, container.accounts, container.scorer.policy)
+    return json_response(
+        {
+            "id": label_id,
+            "target": label.target.value,
+            "label": label.label.value,
+            "relay": label.relay,
+            "account": label.account,
+            "matched": label.account is not None,
+        },
+        status_code=201,
+    )

@@ -1,0 +1,114 @@
+"""Ingest feedback: attribute each event to a scored message, store it durably, update engagement.
+
+Order matters: events are attributed first (the recent-message index, then the
+scored-message log), stored in one committed transaction (idempotent by event id), and
+only new events update the account's engagement. The relay's answer comes after the
+commit, so anything acknowledged survives a crash; a duplicate is acknowledged again
+but never counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from service.metrics import Metrics
+from service.stores import AccountKey, EngagementStore, FeedbackEvent, FeedbackLog, FeedbackType, MessageRef
+from service.stores.memory import MemoryMessageIndex
+from service.stores.sqlite_events import SqliteEventLog
+
+DEFAULT_RELAY = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    event_id: str
+    status: str  # stored | duplicate
+    matched: bool  # attributed to a scored message
+    relay: str | None
+    account: str | None
+
+
+def engagement_counts(event: FeedbackEvent) -> dict[str, float]:
+    """What one event adds to its account's decayed engagement counts."""
+    counts = {"feedback": 1.0}
+    if event.type is FeedbackType.BOUNCE:
+        hard = event.detail.get("bounce_class") == "hard"
+        counts["hard_bounce" if hard else "soft_bounce"] = 1.0
+        if hard and event.detail.get("invalid_recipient"):
+            counts["invalid_recipient"] = 1.0
+    elif event.type is not FeedbackType.DEFERRED:
+        counts[event.type.value] = 1.0
+    return counts
+
+
+class FeedbackIngestor:
+    def __init__(
+        self,
+        *,
+        scored: SqliteEventLog,
+        index: MemoryMessageIndex,
+        feedback: FeedbackLog,
+        engagement: EngagementStore,
+        metrics: Metrics,
+    ) -> None:
+        self.scored = scored
+        self.index = index
+        self.feedback = feedback
+        self.engagement = engagement
+        self.metrics = metrics
+
+    async def ingest(self, events: Sequence[FeedbackEvent]) -> list[IngestResult]:
+        events = list(events)
+        await self._attribute(events)
+        new = await self.feedback.add(events)
+        results = []
+        for event, is_new in zip(events, new, strict=True):
+            if is_new and event.account is not None and event.relay is not None:
+                key = AccountKey(event.relay, event.account)
+                await self.engagement.add(key, engagement_counts(event), event.timestamp)
+            status = "stored" if is_new else "duplicate"
+            self.metrics.feedback_events.labels(event.type.value, status).inc()
+            results.append(IngestResult(event.event_id, status, event.matched, event.relay, event.account))
+        return results
+
+    async def find(self, message_id: str | None, queue_id: str | None, relay: str | None) -> MessageRef | None:
+        [ref] = await self._lookup([(message_id, queue_id, relay)])
+        return ref
+
+    async def _attribute(self, events: list[FeedbackEvent]) -> None:
+        refs = await self._lookup([(e.message_id, e.queue_id, e.relay) for e in events])
+        for event, ref in zip(events, refs, strict=True):
+            if ref is not None:
+                event.relay, event.account, event.matched = ref.relay, ref.account, True
+            elif event.account is not None:
+                # Never scored here (or not yet): the caller named the account.
+                event.relay = event.relay or DEFAULT_RELAY
+
+    async def _lookup(self, wanted: list[tuple[str | None, str | None, str | None]]) -> list[MessageRef | None]:
+        """For each (message id, queue id, relay hint): the scored message, preferring the hinted relay."""
+        candidates: dict[int, list[MessageRef]] = {}
+        missing_ids, missing_queue = set(), set()
+        for i, (message_id, queue_id, _) in enumerate(wanted):
+            found = self.index.find(message_id, queue_id)
+            if found:
+                candidates[i] = found
+            else:
+                missing_ids.update([message_id] if message_id else [])
+                missing_queue.update([queue_id] if queue_id else [])
+        if missing_ids or missing_queue:
+            from_log = await self.scored.find_messages(missing_ids, missing_queue)
+            for i, (message_id, queue_id, _) in enumerate(wanted):
+                if i not in candidates:
+                    candidates[i] = [
+                        r
+                        for r in from_log
+                        if (message_id and r.message_id == message_id) or (queue_id and r.queue_id == queue_id)
+                    ]
+        out: list[MessageRef | None] = []
+        for i, (_, _, relay) in enumerate(wanted):
+            refs = candidates.get(i, [])
+            # A report may reach any relay; the message may have been scored on another one.
+            preferred = [r for r in refs if r.relay == relay] or refs
+            out.append(max(preferred, key=lambda r: r.timestamp) if preferred else None)
+        return out

@@ -1,0 +1,121 @@
+"""The embedded SQLite database: schema, its one writer thread, and reads off the event loop.
+
+Tables: `scored_messages` (every scored message and its feature vector),
+`feedback_events` (delivery results, bounces, complaints, engagement; idempotent by
+`event_id`) and `labels` (admin verdicts). Reads run in worker threads, each with its
+own connection, so the event loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from service.stores.sqlite_writer import SqliteWriter, connect
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS scored_messages (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    relay TEXT NOT NULL,
+    account TEXT NOT NULL,
+    identity_source TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    queue_id TEXT,
+    model_version TEXT NOT NULL,
+    feature_spec_version TEXT NOT NULL,
+    features BLOB,
+    spam_probability REAL,
+    account_risk REAL NOT NULL,
+    action TEXT NOT NULL,
+    lock_recommended INTEGER NOT NULL,
+    recipients_hashed TEXT NOT NULL,
+    client_ip TEXT,
+    scored_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scored_messages_account_ts ON scored_messages (relay, account, ts);
+CREATE INDEX IF NOT EXISTS scored_messages_message_id ON scored_messages (message_id);
+CREATE INDEX IF NOT EXISTS scored_messages_queue_id ON scored_messages (queue_id) WHERE queue_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS feedback_events (
+    event_id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    ts REAL NOT NULL,
+    message_id TEXT,
+    queue_id TEXT,
+    relay TEXT,
+    account TEXT,
+    recipient_hash TEXT,
+    detail TEXT NOT NULL,
+    matched INTEGER NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_events_message_id ON feedback_events (message_id);
+CREATE INDEX IF NOT EXISTS feedback_events_account_ts ON feedback_events (relay, account, ts);
+
+CREATE TABLE IF NOT EXISTS labels (
+    id INTEGER PRIMARY KEY,
+    target TEXT NOT NULL,
+    message_id TEXT,
+    relay TEXT,
+    account TEXT,
+    label TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    ts REAL NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS labels_message_id ON labels (message_id);
+CREATE INDEX IF NOT EXISTS labels_account ON labels (relay, account, ts);
+"""
+
+T = TypeVar("T")
+
+
+class SqliteDatabase:
+    def __init__(self, path: Path, queue_max: int, on_write_failure: Callable[[int], None] | None = None) -> None:
+        self.path = path
+        self.writer = SqliteWriter(path, SCHEMA, queue_max=queue_max, on_failure=on_write_failure)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+
+    def _reader(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = connect(self.path, synchronous="NORMAL")
+            connection.row_factory = sqlite3.Row
+            self._local.connection = connection
+            with self._readers_lock:
+                self._readers.append(connection)
+        return connection
+
+    async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only `query` in a worker thread."""
+        return await asyncio.to_thread(lambda: query(self._reader()))
+
+    def read_now(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """The same, from synchronous code (CLI, training, tests)."""
+        return query(self._reader())
+
+    async def ping(self) -> bool:
+        try:
+            await self.read(lambda c: c.execute("SELECT 1").fetchone())
+        except sqlite3.Error:
+            return False
+        return self.writer.alive
+
+    def close(self) -> None:
+        self.writer.close()
+        with self._readers_lock:
+            for connection in self._readers:
+                connection.close()
+            self._readers.clear()
+
+
+def rows_as_dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    return [dict(row) for row in cursor.fetchall()]
