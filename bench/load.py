@@ -51,12 +51,19 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _connection(
-    host: str, port: int, requests: list[bytes], stop_at: float, out: list[float], errors: list[int], offset: int
+    host: str,
+    port: int,
+    requests: list[bytes],
+    stop_at: float,
+    out: list[float],
+    errors: list[int],
+    offset: int,
+    max_requests: int | None = None,
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     i = offset
     try:
-        while time.perf_counter() < stop_at:
+        while time.perf_counter() < stop_at and (max_requests is None or i - offset < max_requests):
             started = time.perf_counter()
             writer.write(requests[i % len(requests)])
             status = await _read_response(reader)
@@ -69,9 +76,20 @@ async def _connection(
 
 
 async def run_load(
-    host: str, port: int, requests: list[bytes], connections: int, seconds: float, warmup: float = 1.0
+    host: str,
+    port: int,
+    requests: list[bytes],
+    connections: int,
+    seconds: float,
+    warmup: float = 1.0,
+    max_requests: int | None = None,
 ) -> LoadResult:
-    """Send `requests` round-robin over `connections` for `seconds` (after `warmup`), bounded in time."""
+    """Send `requests` round-robin over `connections` for `seconds` (after `warmup`), bounded in time.
+
+    With `max_requests`, each connection stops after that many (and `seconds` only bounds it).
+    """
+    if max_requests is not None:
+        seconds = max(seconds, 300.0)
     if warmup > 0:
         await asyncio.gather(
             *(_connection(host, port, requests, time.perf_counter() + warmup, [], [], c) for c in range(connections))
@@ -81,7 +99,10 @@ async def run_load(
     started = time.perf_counter()
     stop_at = started + seconds
     await asyncio.gather(
-        *(_connection(host, port, requests, stop_at, latencies, errors, c * 7919) for c in range(connections))
+        *(
+            _connection(host, port, requests, stop_at, latencies, errors, c * 7919, max_requests)
+            for c in range(connections)
+        )
     )
     elapsed = time.perf_counter() - started
     return LoadResult(len(latencies), len(errors), elapsed, np.array(latencies))

@@ -32,7 +32,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from bench.load import encode_post, run_load
+from bench.load import LoadResult, encode_post, run_load
 from service.container import build_container
 from service.scoring import MessageInput
 from service.settings import PROJECT_ROOT, Settings
@@ -175,6 +175,93 @@ def bench_http(
     return rows
 
 
+@dataclass(slots=True)
+class FeedbackRow:
+    load: str
+    scoring_per_s: float
+    scoring_p99_ms: float
+    feedback_events_per_s: float
+
+
+def feedback_batches(messages: list[dict[str, object]], count: int, per_request: int = 100) -> list[bytes]:
+    """Unique events (every one a real insert) about the scored messages, in batches."""
+    kinds = ("delivered", "delivered", "delivered", "open", "click", "bounce", "complaint", "reply")
+    bodies = []
+    for b in range(count):
+        events = []
+        for k in range(per_request):
+            n = b * per_request + k
+            event: dict[str, object] = {
+                "event_id": f"bench-{n}",
+                "type": kinds[n % len(kinds)],
+                "message_id": messages[n % len(messages)]["message_id"],
+                "recipient": f"rcpt{n % 37}@example.org",
+                "timestamp": "2026-01-15T12:00:00Z",
+            }
+            if event["type"] == "bounce":
+                event["detail"] = {"status": "5.1.1"}
+            events.append(event)
+        bodies.append(orjson.dumps({"events": events}))
+    return bodies
+
+
+def bench_feedback(
+    messages: list[dict[str, object]], seconds: float, connections: int, state: Path
+) -> list[FeedbackRow]:
+    """Scoring alone, then scoring while feedback is ingested, on one server."""
+    port = free_port()
+    env = {**os.environ, "OUTGUARD_DATABASE_URL": f"sqlite:///{state / 'fb.db'}", "OUTGUARD_STATE_DIR": str(state)}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "service.app:app_from_environment",
+            "--factory",
+            "--port",
+            str(port),
+            *UVICORN_FLAGS,
+        ],
+        env=env,
+        cwd=PROJECT_ROOT,
+    )
+    try:
+        wait_healthy(port)
+        batches = [
+            encode_post("127.0.0.1", port, "/v1/score/batch", orjson.dumps({"messages": messages[i : i + BATCH]}))
+            for i in range(0, len(messages), BATCH)
+        ]
+        asyncio.run(run_load("127.0.0.1", port, batches, 1, 0.0, warmup=0.0, max_requests=len(batches)))
+        scoring = [encode_post("127.0.0.1", port, "/v1/score", orjson.dumps(m)) for m in messages]
+        feedback = [
+            encode_post("127.0.0.1", port, "/v1/feedback/batch", body) for body in feedback_batches(messages, 3000)
+        ]
+
+        async def together() -> tuple[LoadResult, LoadResult]:
+            return await asyncio.gather(
+                run_load("127.0.0.1", port, scoring, connections, seconds),
+                run_load("127.0.0.1", port, feedback, 2, seconds, warmup=0.0),
+            )
+
+        alone = asyncio.run(run_load("127.0.0.1", port, scoring, connections, seconds))
+        with_feedback, ingest = asyncio.run(together())
+        for result in (alone, with_feedback, ingest):
+            if result.errors:
+                raise RuntimeError(f"{result.errors} non-200 answers in the feedback benchmark")
+        return [
+            FeedbackRow("scoring alone", alone.rate, alone.percentile(99), 0.0),
+            FeedbackRow(
+                "scoring + feedback (batches of 100)",
+                with_feedback.rate,
+                with_feedback.percentile(99),
+                ingest.rate * 100,
+            ),
+        ]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def markdown_table(rows: list[Row], floor: dict[str, float]) -> str:
     lines = [
         "| mode | target | unit | messages/s | p50 ms | p99 ms | x floor |",
@@ -209,6 +296,7 @@ def main() -> None:
         rows += bench_http(
             "bare FastAPI", "bench.bare_app:create_bare_app", messages, args.seconds, args.connections, state
         )
+        feedback_rows = bench_feedback(messages, args.seconds, args.connections, state)
 
     floor = {r.unit: r.messages_per_s for r in rows if r.target == "bare FastAPI"}
     command = "python -m bench.run " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
@@ -233,11 +321,23 @@ def main() -> None:
         f"{os.cpu_count()} cores, Python {platform.python_version()}. "
         "'x floor' = bare FastAPI messages/s over outguard messages/s."
     )
+    feedback_table = Table(title="feedback ingestion while scoring (one uvicorn worker, one SQLite writer)")
+    for column in ("load", "scoring messages/s", "scoring p99 ms", "feedback events/s"):
+        feedback_table.add_column(column, justify="left" if column == "load" else "right", no_wrap=True)
+    for f in feedback_rows:
+        feedback_table.add_row(
+            f.load, f"{f.scoring_per_s:,.0f}", f"{f.scoring_p99_ms:.2f}", f"{f.feedback_events_per_s:,.0f}"
+        )
+    console.print(feedback_table)
     console.print("\nMarkdown, for the README:\n")
     print(markdown_table(rows, floor))
+    print("\n| load | scoring messages/s | scoring p99 ms | feedback events/s |\n| --- | ---: | ---: | ---: |")
+    for f in feedback_rows:
+        print(f"| {f.load} | {f.scoring_per_s:,.0f} | {f.scoring_p99_ms:.2f} | {f.feedback_events_per_s:,.0f} |")
     out = PROJECT_ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "latest.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    results = {"scoring": [asdict(r) for r in rows], "feedback": [asdict(f) for f in feedback_rows]}
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
