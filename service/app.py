@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.auth import TokenAuth, TokenAuthMiddleware
 from service.api.feedback import feedback
+from service.api.identity_rules import rules_router
 from service.api.routes import operations, scoring
 from service.container import build_container
 from service.errors import PayloadTooLarge, install_error_handlers, send_error
@@ -137,6 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(scoring)
     app.include_router(feedback)
+    app.include_router(rules_router)
     app.include_router(operations)
     # Outermost last: metrics see every answer, auth runs before the body is read.
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)

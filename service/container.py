@@ -25,6 +25,7 @@ from service.stores.memory import (
 from service.stores.sqlite import SqliteDatabase
 from service.stores.sqlite_events import SqliteEventLog
 from service.stores.sqlite_feedback import SqliteFeedbackLog, SqliteLabelStore
+from service.stores.sqlite_rules import SqliteIdentityRules
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Container:
     events: SqliteEventLog
     feedback: SqliteFeedbackLog
     labels: SqliteLabelStore
+    rules: SqliteIdentityRules
     behaviour: BehaviourStore
     engagement: EngagementStore
     accounts: AccountStateStore
@@ -86,6 +88,7 @@ def build_container(settings: Settings) -> Container:
     accounts = MemoryAccountStateStore(settings.max_tracked_accounts)
     index = MemoryMessageIndex(settings.message_index_size)
     feedback = SqliteFeedbackLog(database)
+    rules = SqliteIdentityRules(database)
     model = ModelHolder(bundle)
     scorer = Scorer(
         model=model,
@@ -104,6 +107,7 @@ def build_container(settings: Settings) -> Container:
         ),
         recipient_hash_key=recipient_hash_key(settings),
         reasons=settings.reasons,
+        rules=rules,
     )
     ingestor = FeedbackIngestor(scored=events, index=index, feedback=feedback, engagement=engagement, metrics=metrics)
     return Container(
@@ -113,6 +117,7 @@ def build_container(settings: Settings) -> Container:
         events=events,
         feedback=feedback,
         labels=SqliteLabelStore(database),
+        rules=rules,
         behaviour=behaviour,
         engagement=engagement,
         accounts=accounts,

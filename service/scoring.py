@@ -30,7 +30,7 @@ from service.decision import (
     message_evidence,
     update_account,
 )
-from service.identity import Identity, IdentityRule, resolve_identity
+from service.identity import Identity, resolve_identity
 from service.metrics import Metrics
 from service.stores import (
     AccountKey,
@@ -38,6 +38,7 @@ from service.stores import (
     BehaviourStore,
     EngagementStore,
     EventLog,
+    IdentityRuleStore,
     MessageRef,
     ScoredEvent,
 )
@@ -86,6 +87,7 @@ class ScoreResult:
     account_locked: bool
     reasons: list[Reason]
     model_version: str
+    strip_headers: tuple[str, ...] = ()
 
 
 class ModelHolder:
@@ -119,7 +121,7 @@ class Scorer:
         policy: DecisionPolicy,
         recipient_hash_key: bytes,
         reasons: int,
-        identity_rules: Sequence[IdentityRule] = (),
+        rules: IdentityRuleStore,
     ) -> None:
         self.model = model
         self.behaviour = behaviour
@@ -131,7 +133,7 @@ class Scorer:
         self.policy = policy
         self.recipient_hash_key = recipient_hash_key
         self.reasons = reasons
-        self.identity_rules = identity_rules
+        self.rules = rules
 
     def hash_recipient(self, address: str) -> str:
         digest = hmac.new(self.recipient_hash_key, address.strip().lower().encode(), hashlib.sha256)
@@ -172,7 +174,7 @@ class Scorer:
             envelope_from=message.envelope_from,
             client_ip=message.client_ip,
             headers=parsed.all_headers,
-            rules=self.identity_rules,
+            rules=self.rules.rules_for(message.relay),
         )
         key = AccountKey(message.relay, identity.account)
         recipients = list(message.recipients)
@@ -260,6 +262,7 @@ class Scorer:
             account_locked=locked,
             reasons=reasons,
             model_version=bundle.version,
+            strip_headers=item.identity.strip_headers,
         )
 
     def _reasons(self, bundle: ModelBundle, row: np.ndarray, contributions: np.ndarray) -> list[Reason]:

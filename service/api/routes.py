@@ -81,6 +81,7 @@ def to_json(result: ScoreResult) -> dict[str, object]:
             for r in result.reasons
         ],
         "model_version": result.model_version,
+        "strip_headers": list(result.strip_headers),
     }
 
 

@@ -138,6 +138,7 @@ class ScoreOut(BaseModel):
     account_locked: bool
     reasons: list[ReasonOut]
     model_version: str
+    strip_headers: list[str] = Field(description="Headers the relay should remove: an identity rule used them")
 
 
 class BatchOut(BaseModel):

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from features.behaviour import BehaviourSnapshot, Observation
 from features.engagement import EngagementSnapshot
+from service.identity import HeaderRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,20 @@ class FeedbackLog(Protocol):
 class LabelStore(Protocol):
     async def add(self, label: Label) -> int:
         """Store durably before returning; the label's id."""
+
+
+class IdentityRuleStore(Protocol):
+    def rules_for(self, relay: str) -> tuple[HeaderRule, ...]:
+        """The relay's rules, in order (the defaults when it has none of its own); no I/O."""
+
+    def is_default(self, relay: str) -> bool:
+        """Whether the relay uses the default rules."""
+
+    async def put(self, relay: str, rules: list[HeaderRule], actor: str) -> None:
+        """Replace the relay's rules; durable before returning."""
+
+    async def reset(self, relay: str) -> None:
+        """Back to the default rules."""
 
 
 class AccountStateStore(Protocol):

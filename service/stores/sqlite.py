@@ -71,6 +71,13 @@ CREATE TABLE IF NOT EXISTS labels (
 );
 CREATE INDEX IF NOT EXISTS labels_message_id ON labels (message_id);
 CREATE INDEX IF NOT EXISTS labels_account ON labels (relay, account, ts);
+
+CREATE TABLE IF NOT EXISTS identity_rules (
+    relay TEXT PRIMARY KEY,
+    rules TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 
 T = TypeVar("T")
