@@ -13,6 +13,7 @@ from models.bundle import load_bundle
 from service.decision import DecisionPolicy
 from service.feedback.ingest import FeedbackIngestor
 from service.metrics import Metrics
+from service.notify import NullNotifier
 from service.scoring import ModelHolder, Scorer
 from service.settings import Settings
 from service.stores import AccountStateStore, BehaviourStore, EngagementStore
@@ -23,6 +24,7 @@ from service.stores.memory import (
     MemoryMessageIndex,
 )
 from service.stores.sqlite import SqliteDatabase
+from service.stores.sqlite_accounts import SqliteAccountLedger
 from service.stores.sqlite_events import SqliteEventLog
 from service.stores.sqlite_feedback import SqliteFeedbackLog, SqliteLabelStore
 from service.stores.sqlite_rules import SqliteIdentityRules
@@ -41,6 +43,7 @@ class Container:
     feedback: SqliteFeedbackLog
     labels: SqliteLabelStore
     rules: SqliteIdentityRules
+    ledger: SqliteAccountLedger
     behaviour: BehaviourStore
     engagement: EngagementStore
     accounts: AccountStateStore
@@ -86,6 +89,9 @@ def build_container(settings: Settings) -> Container:
     behaviour = MemoryBehaviourStore(settings.max_tracked_accounts)
     engagement = MemoryEngagementStore(settings.max_tracked_accounts)
     accounts = MemoryAccountStateStore(settings.max_tracked_accounts)
+    ledger = SqliteAccountLedger(database)
+    for key, state in ledger.load().items():  # locks and allowlists survive restarts
+        accounts.restore(key, state)
     index = MemoryMessageIndex(settings.message_index_size)
     feedback = SqliteFeedbackLog(database)
     rules = SqliteIdentityRules(database)
@@ -108,6 +114,9 @@ def build_container(settings: Settings) -> Container:
         recipient_hash_key=recipient_hash_key(settings),
         reasons=settings.reasons,
         rules=rules,
+        ledger=ledger,
+        policies=settings.policy_for,
+        notifier=NullNotifier(),
     )
     ingestor = FeedbackIngestor(scored=events, index=index, feedback=feedback, engagement=engagement, metrics=metrics)
     return Container(
@@ -118,6 +127,7 @@ def build_container(settings: Settings) -> Container:
         feedback=feedback,
         labels=SqliteLabelStore(database),
         rules=rules,
+        ledger=ledger,
         behaviour=behaviour,
         engagement=engagement,
         accounts=accounts,

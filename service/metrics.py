@@ -45,6 +45,9 @@ class Metrics:
             "outguard_feedback_events", "Feedback events ingested", ["type", "status"], registry=self.registry
         )
         self.labels_received = Counter("outguard_labels", "Admin verdicts received", ["label"], registry=self.registry)
+        self.transitions = Counter(
+            "outguard_account_transitions", "Account lifecycle changes", ["action"], registry=self.registry
+        )
         self.model_info = Gauge(
             "outguard_model_info", "The model in use (value 1)", ["version", "feature_spec"], registry=self.registry
         )

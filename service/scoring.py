@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from features.behaviour import Observation, recipient_domain
 from features.engagement import SENT, engagement_evidence
 from features.message import Attachment, ParsedMessage, parse_raw, parse_structured
-from features.spec import BY_NAME
+from features.spec import BY_NAME, FEATURE_INDEX
 from features.vector import ContentVector, assemble, content_vector
 from models.bundle import ModelBundle, Prediction
 from service.decision import (
@@ -31,9 +33,13 @@ from service.decision import (
     update_account,
 )
 from service.identity import Identity, resolve_identity
+from service.lifecycle import Transition, after_decision, expire_lock
 from service.metrics import Metrics
+from service.notify import TRANSITION_EVENTS, Cooldown, Notifier
+from service.settings import RelayPolicy
 from service.stores import (
     AccountKey,
+    AccountState,
     AccountStateStore,
     BehaviourStore,
     EngagementStore,
@@ -43,6 +49,7 @@ from service.stores import (
     ScoredEvent,
 )
 from service.stores.memory import MemoryMessageIndex
+from service.stores.sqlite_accounts import SqliteAccountLedger
 
 
 @dataclass(slots=True)
@@ -122,6 +129,9 @@ class Scorer:
         recipient_hash_key: bytes,
         reasons: int,
         rules: IdentityRuleStore,
+        ledger: SqliteAccountLedger,
+        policies: Callable[[str], RelayPolicy],
+        notifier: Notifier,
     ) -> None:
         self.model = model
         self.behaviour = behaviour
@@ -134,6 +144,10 @@ class Scorer:
         self.recipient_hash_key = recipient_hash_key
         self.reasons = reasons
         self.rules = rules
+        self.ledger = ledger
+        self.policies = policies
+        self.notifier = notifier
+        self.cooldown = Cooldown(3_600)
 
     def hash_recipient(self, address: str) -> str:
         digest = hmac.new(self.recipient_hash_key, address.strip().lower().encode(), hashlib.sha256)
@@ -186,7 +200,11 @@ class Scorer:
         )
         snapshot = await self.behaviour.observe(key, observation)
         hashed = [self.hash_recipient(r) for r in recipients]
-        if (await self.accounts.get(key)).locked:
+        state = await self.accounts.get(key)
+        if (expired := expire_lock(state, message.timestamp)) is not None:
+            await self.accounts.put(key, state)
+            await self.apply_transitions(key, state, [expired])
+        if state.locked:
             return _Pending(message, key, identity, None, hashed)
         engagement = await self.engagement.snapshot(key)
         row = assemble(content.content.features, content.text_model_score, snapshot, engagement)
@@ -200,10 +218,17 @@ class Scorer:
             return await self._finish_locked(item, bundle)
         evidence = message_evidence(probability, bundle.prior_log_odds, self.policy.evidence_clip)
         update_account(state, evidence, item.message.timestamp)
-        await self.accounts.put(item.key, state)
         decision = decide(probability, state, self.policy, item.engagement_evidence)
         assert item.row is not None
         reasons = self._reasons(bundle, item.row, contributions)
+        why = _risk_reason(decision, probability, reasons)
+        action, transitions = after_decision(
+            state, decision, why, item.message.timestamp, self.policies(item.key.relay)
+        )
+        decision = replace(decision, action=action)
+        await self.accounts.put(item.key, state)
+        await self.apply_transitions(item.key, state, transitions)
+        await self._announce_signals(item, decision, probability, why)
         self.metrics.messages_scored.inc()
         self.metrics.spam_probability.observe(probability)
         return await self._record(item, bundle, decision, probability, reasons, locked=False)
@@ -265,6 +290,42 @@ class Scorer:
             strip_headers=item.identity.strip_headers,
         )
 
+    async def apply_transitions(self, key: AccountKey, state: AccountState, transitions: list[Transition]) -> None:
+        """Record lifecycle changes durably, then announce them."""
+        if not transitions:
+            return
+        await self.ledger.record(key, state, transitions)
+        for transition in transitions:
+            self.metrics.transitions.labels(transition.action).inc()
+            if (event_type := TRANSITION_EVENTS.get(transition.action)) is not None:
+                await self.notifier.announce(event_type, key, transition_payload(key, state, transition))
+
+    async def _announce_signals(self, item: _Pending, decision: Decision, probability: float, why: str) -> None:
+        at = item.message.timestamp
+        if probability >= self.policy.hold_threshold and self.cooldown.ready(item.key, "account.spam_detected", at):
+            payload = {
+                "reason_codes": ["spam_content"],
+                "spam_probability": probability,
+                "evidence": why,
+                "message_id": item.message.message_id,
+                "account_risk": decision.account_risk,
+            }
+            await self.notifier.announce("account.spam_detected", item.key, payload)
+        assert item.row is not None
+        per_hour, vs_baseline = (
+            item.row[FEATURE_INDEX["acct_msgs_1h"]],
+            item.row[FEATURE_INDEX["acct_rate_vs_baseline"]],
+        )
+        spike = per_hour >= VOLUME_SPIKE_MIN_PER_HOUR and vs_baseline >= VOLUME_SPIKE_LOG_RATIO
+        if spike and self.cooldown.ready(item.key, "account.volume_spike", at):
+            payload = {
+                "reason_codes": ["volume_spike"],
+                "messages_last_hour": per_hour,
+                "times_baseline": round(math.exp(vs_baseline), 1),
+                "account_risk": decision.account_risk,
+            }
+            await self.notifier.announce("account.volume_spike", item.key, payload)
+
     def _reasons(self, bundle: ModelBundle, row: np.ndarray, contributions: np.ndarray) -> list[Reason]:
         if self.reasons == 0:
             return []
@@ -279,6 +340,33 @@ class Scorer:
             for i in top
             if contributions[i] != 0.0
         ]
+
+
+# A volume spike: at least this many messages in the last hour, and this many times
+# (as a log) the account's own hourly baseline.
+VOLUME_SPIKE_MIN_PER_HOUR = 20
+VOLUME_SPIKE_LOG_RATIO = math.log(10)
+
+
+def _risk_reason(decision: Decision, probability: float, reasons: list[Reason]) -> str:
+    top = ", ".join(r.name for r in reasons[:3] if r.contribution > 0) or "no single feature"
+    return (
+        f"account risk {decision.account_risk:.2f} (lock threshold reached: {decision.lock_recommended}); "
+        f"last message spam probability {probability:.3f}; strongest signals: {top}"
+    )
+
+
+def transition_payload(key: AccountKey, state: AccountState, transition: Transition) -> dict[str, Any]:
+    return {
+        "reason_codes": [transition.action],
+        "reason": transition.reason,
+        "actor": transition.actor,
+        "status": state.status.value,
+        "previous_status": transition.previous.value,
+        "locked_until": state.locked_until,
+        "automatic_locks": state.temporary_locks,
+        "evidence": transition.details,
+    }
 
 
 def _parse(message: MessageInput) -> ParsedMessage:

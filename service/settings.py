@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +19,22 @@ class Scope(StrEnum):
     SCORE = "score"
     FEEDBACK = "feedback"
     ADMIN = "admin"
+
+
+class RelayPolicy(BaseModel):
+    """How a relay treats risky accounts; `OUTGUARD_RELAY_POLICIES` overrides it per relay."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auto_lock: bool = Field(default=True, description="Lock an account once a lock is recommended")
+    rate_limit_risk: float = Field(default=0.5, gt=0, le=1, description="Risk at which an account is rate-limited")
+    rate_limit_per_minute: float = Field(
+        default=30.0, gt=0, description="Messages a minute allowed at rate_limit_risk; it shrinks as risk grows"
+    )
+    rate_limit_min_per_minute: float = Field(default=1.0, gt=0, description="The floor the allowance shrinks to")
+    rate_limit_burst: float = Field(default=10.0, ge=1, description="Token bucket size")
+    temporary_lock_s: int = Field(default=3_600, ge=60, description="How long an automatic lock lasts")
+    permanent_after: int = Field(default=3, ge=1, description="The Nth automatic lock is permanent")
 
 
 class Settings(BaseSettings):
@@ -78,6 +94,26 @@ class Settings(BaseSettings):
         ge=0,
         description="Most that good engagement (deliveries, replies) can offset of content evidence, in nats",
     )
+
+    relay_policy: RelayPolicy = Field(default_factory=RelayPolicy)
+    relay_policies: dict[str, dict[str, object]] = Field(
+        default_factory=dict,
+        description='Per-relay overrides of relay_policy, as JSON: {"relay-a": {"auto_lock": false}}',
+    )
+
+    def policy_for(self, relay: str) -> RelayPolicy:
+        overrides = self.relay_policies.get(relay)
+        return self.relay_policy.model_copy(update=overrides) if overrides else self.relay_policy
+
+    @field_validator("relay_policies")
+    @classmethod
+    def _valid_overrides(cls, value: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+        for relay, overrides in value.items():
+            try:
+                RelayPolicy.model_validate(overrides)
+            except ValueError as exc:
+                raise ValueError(f"relay_policies[{relay!r}]: {exc}") from None
+        return value
 
     @field_validator("reject_threshold")
     @classmethod

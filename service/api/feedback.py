@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
 from fastapi import APIRouter, Query, Request
@@ -117,7 +118,9 @@ async def add_label(item: LabelIn, container: ContainerDep) -> Response:
         label.relay, label.account = ref.relay, ref.account
     label_id = await container.labels.add(label)
     container.metrics.labels_received.labels(label.label.value).inc()
-    await apply_verdict(label, container.accounts, container.scorer.policy)
+    key, state, transitions = await apply_verdict(label, container.accounts, container.scorer.policy, time.time())
+    if key is not None and state is not None:
+        await container.scorer.apply_transitions(key, state, transitions)
     return json_response(
         {
             "id": label_id,

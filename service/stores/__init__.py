@@ -110,15 +110,31 @@ class Label:
     account: str | None = None
 
 
+class AccountStatus(StrEnum):
+    ACTIVE = "active"
+    RATE_LIMITED = "rate_limited"
+    LOCKED_TEMPORARY = "locked_temporary"
+    LOCKED = "locked"
+
+
 @dataclass(slots=True)
 class AccountState:
-    """The account decision's running state."""
+    """The account decision's running state, and where the account is in its lifecycle."""
 
     evidence: float = 0.0  # CUSUM of per-message log-likelihood ratios, in nats
     messages_scored: int = 0
     last_scored: float | None = None
-    locked: bool = False
+    status: AccountStatus = AccountStatus.ACTIVE
+    locked_until: float | None = None  # for a temporary lock
+    temporary_locks: int = 0  # automatic locks so far: the Nth is permanent
+    allowlisted: bool = False
     lock_reason: str | None = None
+    tokens: float | None = None  # rate-limit token bucket
+    tokens_at: float | None = None
+
+    @property
+    def locked(self) -> bool:
+        return self.status in (AccountStatus.LOCKED, AccountStatus.LOCKED_TEMPORARY)
 
 
 class EventLog(Protocol):

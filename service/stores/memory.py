@@ -168,6 +168,10 @@ class MemoryAccountStateStore:
     async def put(self, key: AccountKey, state: AccountState) -> None:
         self._accounts.put(key, replace(state))
 
+    def restore(self, key: AccountKey, state: AccountState) -> None:
+        """Load a stored lifecycle status at start-up."""
+        self._accounts.put(key, replace(state))
+
 
 class MemoryEngagementStore:
     def __init__(self, max_accounts: int) -> None:

@@ -72,6 +72,37 @@ CREATE TABLE IF NOT EXISTS labels (
 CREATE INDEX IF NOT EXISTS labels_message_id ON labels (message_id);
 CREATE INDEX IF NOT EXISTS labels_account ON labels (relay, account, ts);
 
+CREATE TABLE IF NOT EXISTS account_status (
+    relay TEXT NOT NULL,
+    account TEXT NOT NULL,
+    status TEXT NOT NULL,
+    locked_until REAL,
+    temporary_locks INTEGER NOT NULL,
+    allowlisted INTEGER NOT NULL,
+    lock_reason TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (relay, account)
+);
+
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    relay TEXT NOT NULL,
+    account TEXT NOT NULL,
+    action TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    from_status TEXT NOT NULL,
+    to_status TEXT NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_account ON audit_log (relay, account, id);
+-- Append-only: the database refuses to change or remove history.
+CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+
 CREATE TABLE IF NOT EXISTS identity_rules (
     relay TEXT PRIMARY KEY,
     rules TEXT NOT NULL,

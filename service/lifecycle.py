@@ -1,0 +1,152 @@
+"""The account lifecycle: active -> rate_limited -> locked_temporary -> locked.
+
+Pure functions over `AccountState`; each returns the `Transition`s it made, which the
+caller records in the audit log (durably) and announces to webhooks.
+
+- **rate_limited** at `rate_limit_risk`: a token bucket whose rate shrinks linearly
+  from `rate_limit_per_minute` at that risk to `rate_limit_min_per_minute` at risk 1;
+  a message without a token is deferred. Back to active below half that risk.
+- **locked_temporary** when a lock is recommended and the relay auto-locks: for
+  `temporary_lock_s`, counted; the lock expires at the first message after it.
+- **locked** (permanent) at the `permanent_after`-th automatic lock, or by an admin.
+- Allowlisted accounts are scored and reported but never rate-limited or auto-locked.
+
+Times are message timestamps on the scoring path (replays are exact) and the wall
+clock for admin actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.decision import Action, Decision
+from service.settings import RelayPolicy
+from service.stores import AccountState, AccountStatus
+
+SYSTEM_ACTOR = "outguard"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    action: str  # rate_limited | locked_temporary | locked | unlocked | lock_expired | reset | allowlisted | ...
+    previous: AccountStatus
+    status: AccountStatus
+    actor: str
+    reason: str
+    timestamp: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _move(
+    state: AccountState, status: AccountStatus, action: str, actor: str, reason: str, at: float, **details: Any
+) -> Transition:
+    previous = state.status
+    state.status = status
+    return Transition(action, previous, status, actor, reason, at, details)
+
+
+def expire_lock(state: AccountState, at: float) -> Transition | None:
+    """A temporary lock whose time has come is lifted; the evidence starts over."""
+    if state.status is AccountStatus.LOCKED_TEMPORARY and state.locked_until is not None and at >= state.locked_until:
+        state.locked_until = None
+        state.evidence = 0.0
+        return _move(state, AccountStatus.ACTIVE, "lock_expired", SYSTEM_ACTOR, "temporary lock expired", at)
+    return None
+
+
+def after_decision(
+    state: AccountState, decision: Decision, risk_reason: str, at: float, policy: RelayPolicy
+) -> tuple[Action, list[Transition]]:
+    """Move the account on after one scored message; the message's action may tighten (rate limit)."""
+    if state.allowlisted or state.locked:
+        return decision.action, []
+    transitions: list[Transition] = []
+    risk = decision.account_risk
+    if decision.lock_recommended and policy.auto_lock:
+        state.temporary_locks += 1
+        details = {"account_risk": risk, "evidence": state.evidence, "automatic_locks": state.temporary_locks}
+        state.lock_reason = risk_reason
+        if state.temporary_locks >= policy.permanent_after:
+            state.locked_until = None
+            transitions.append(_move(state, AccountStatus.LOCKED, "locked", SYSTEM_ACTOR, risk_reason, at, **details))
+        else:
+            state.locked_until = at + policy.temporary_lock_s
+            details["locked_until"] = state.locked_until
+            transitions.append(
+                _move(
+                    state, AccountStatus.LOCKED_TEMPORARY, "locked_temporary", SYSTEM_ACTOR, risk_reason, at, **details
+                )
+            )
+        return decision.action, transitions
+    if risk >= policy.rate_limit_risk and state.status is AccountStatus.ACTIVE:
+        state.tokens, state.tokens_at = policy.rate_limit_burst, at
+        transitions.append(
+            _move(state, AccountStatus.RATE_LIMITED, "rate_limited", SYSTEM_ACTOR, risk_reason, at, account_risk=risk)
+        )
+    elif risk < policy.rate_limit_risk / 2 and state.status is AccountStatus.RATE_LIMITED:
+        transitions.append(
+            _move(state, AccountStatus.ACTIVE, "rate_limit_lifted", SYSTEM_ACTOR, "risk fell", at, account_risk=risk)
+        )
+    action = decision.action
+    if state.status is AccountStatus.RATE_LIMITED and not _take_token(state, risk, at, policy):
+        action = max(action, Action.DEFER, key=_SEVERITY.index)
+    return action, transitions
+
+
+_SEVERITY = [Action.ACCEPT, Action.DEFER, Action.HOLD, Action.REJECT]
+
+
+def allowance_per_minute(risk: float, policy: RelayPolicy) -> float:
+    """The bucket's refill rate: full allowance at `rate_limit_risk`, the floor at risk 1."""
+    span = max(1e-9, 1.0 - policy.rate_limit_risk)
+    share = min(1.0, max(0.0, (risk - policy.rate_limit_risk) / span))
+    return policy.rate_limit_per_minute - share * (policy.rate_limit_per_minute - policy.rate_limit_min_per_minute)
+
+
+def _take_token(state: AccountState, risk: float, at: float, policy: RelayPolicy) -> bool:
+    tokens = policy.rate_limit_burst if state.tokens is None else state.tokens
+    since = 0.0 if state.tokens_at is None else max(0.0, at - state.tokens_at)
+    tokens = min(policy.rate_limit_burst, tokens + since * allowance_per_minute(risk, policy) / 60.0)
+    state.tokens_at = max(at, state.tokens_at or at)
+    if tokens >= 1.0:
+        state.tokens = tokens - 1.0
+        return True
+    state.tokens = tokens
+    return False
+
+
+# -- admin actions (wall clock)
+
+
+def admin_lock(state: AccountState, actor: str, reason: str, at: float, duration_s: int | None) -> Transition:
+    state.lock_reason = reason
+    if duration_s:
+        state.locked_until = at + duration_s
+        return _move(
+            state,
+            AccountStatus.LOCKED_TEMPORARY,
+            "locked_temporary",
+            actor,
+            reason,
+            at,
+            locked_until=state.locked_until,
+        )
+    state.locked_until = None
+    return _move(state, AccountStatus.LOCKED, "locked", actor, reason, at)
+
+
+def admin_unlock(state: AccountState, actor: str, reason: str, at: float) -> Transition:
+    state.locked_until, state.lock_reason, state.evidence = None, None, 0.0
+    return _move(state, AccountStatus.ACTIVE, "unlocked", actor, reason, at)
+
+
+def admin_reset(state: AccountState, actor: str, reason: str, at: float) -> Transition:
+    state.locked_until, state.lock_reason, state.evidence = None, None, 0.0
+    state.temporary_locks, state.tokens, state.tokens_at = 0, None, None
+    return _move(state, AccountStatus.ACTIVE, "reset", actor, reason, at)
+
+
+def admin_allowlist(state: AccountState, allowlisted: bool, actor: str, reason: str, at: float) -> Transition:
+    state.allowlisted = allowlisted
+    return _move(state, state.status, "allowlisted" if allowlisted else "unallowlisted", actor, reason, at)
