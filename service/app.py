@@ -10,10 +10,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.accounts import accounts_router
 from service.api.auth import TokenAuth, TokenAuthMiddleware
 from service.api.feedback import feedback
 from service.api.identity_rules import rules_router
 from service.api.routes import operations, scoring
+from service.api.webhooks import webhooks_router
 from service.container import build_container
 from service.errors import PayloadTooLarge, install_error_handlers, send_error
 from service.metrics import Metrics
@@ -122,10 +124,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        container.dispatcher.start()
         log.info("outguard ready: model %s", container.model.current.version)
         try:
             yield
         finally:
+            await container.dispatcher.stop()
             container.close()
 
     app = FastAPI(
@@ -139,6 +143,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(scoring)
     app.include_router(feedback)
     app.include_router(rules_router)
+    app.include_router(accounts_router)
+    app.include_router(webhooks_router)
     app.include_router(operations)
     # Outermost last: metrics see every answer, auth runs before the body is read.
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)

@@ -13,7 +13,6 @@ from models.bundle import load_bundle
 from service.decision import DecisionPolicy
 from service.feedback.ingest import FeedbackIngestor
 from service.metrics import Metrics
-from service.notify import NullNotifier
 from service.scoring import ModelHolder, Scorer
 from service.settings import Settings
 from service.stores import AccountStateStore, BehaviourStore, EngagementStore
@@ -28,6 +27,7 @@ from service.stores.sqlite_accounts import SqliteAccountLedger
 from service.stores.sqlite_events import SqliteEventLog
 from service.stores.sqlite_feedback import SqliteFeedbackLog, SqliteLabelStore
 from service.stores.sqlite_rules import SqliteIdentityRules
+from service.webhooks.outbox import Dispatcher, WebhookNotifier, WebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class Container:
     labels: SqliteLabelStore
     rules: SqliteIdentityRules
     ledger: SqliteAccountLedger
+    webhooks: WebhookStore
+    dispatcher: Dispatcher
     behaviour: BehaviourStore
     engagement: EngagementStore
     accounts: AccountStateStore
@@ -95,6 +97,8 @@ def build_container(settings: Settings) -> Container:
     index = MemoryMessageIndex(settings.message_index_size)
     feedback = SqliteFeedbackLog(database)
     rules = SqliteIdentityRules(database)
+    webhooks = WebhookStore(database)
+    notifier = WebhookNotifier(webhooks, settings)
     model = ModelHolder(bundle)
     scorer = Scorer(
         model=model,
@@ -116,7 +120,7 @@ def build_container(settings: Settings) -> Container:
         rules=rules,
         ledger=ledger,
         policies=settings.policy_for,
-        notifier=NullNotifier(),
+        notifier=notifier,
     )
     ingestor = FeedbackIngestor(scored=events, index=index, feedback=feedback, engagement=engagement, metrics=metrics)
     return Container(
@@ -128,6 +132,8 @@ def build_container(settings: Settings) -> Container:
         labels=SqliteLabelStore(database),
         rules=rules,
         ledger=ledger,
+        webhooks=webhooks,
+        dispatcher=Dispatcher(webhooks, notifier, settings),
         behaviour=behaviour,
         engagement=engagement,
         accounts=accounts,

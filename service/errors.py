@@ -34,6 +34,11 @@ class InvalidInput(OutguardError):
     code = "invalid_request"
 
 
+class NotFound(OutguardError):
+    status = 404
+    code = "not_found"
+
+
 class UnsupportedMediaType(OutguardError):
     status = 415
     code = "unsupported_media_type"

@@ -95,6 +95,16 @@ class Settings(BaseSettings):
         description="Most that good engagement (deliveries, replies) can offset of content evidence, in nats",
     )
 
+    # -- webhooks
+    public_url: str = Field(default="http://127.0.0.1:8000", description="How subscribers reach this service (links)")
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow webhook URLs that resolve to loopback or private addresses"
+    )
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=10, ge=1)
+    webhook_backoff_s: float = Field(default=5.0, gt=0, description="First retry delay; doubles per attempt")
+    webhook_backoff_max_s: float = Field(default=3_600.0, gt=0)
+
     relay_policy: RelayPolicy = Field(default_factory=RelayPolicy)
     relay_policies: dict[str, dict[str, object]] = Field(
         default_factory=dict,

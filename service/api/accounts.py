@@ -1,0 +1,149 @@
+"""Accounts over the API: their state, and the admin's lock, unlock, reset and allowlist.
+
+Account names hold `@`, `/` and `(`: the URL takes them percent-encoded
+(`/v1/accounts/default/33%3Awp-content%2Fx.php/lock`), and the path converter accepts
+the slashes they decode to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from features.engagement import engagement_features
+from service.api.common import ContainerDep, json_response
+from service.api.routes import ERRORS
+from service.container import Container
+from service.lifecycle import Transition, admin_allowlist, admin_lock, admin_reset, admin_unlock
+from service.stores import AccountKey, AccountState
+from service.stores.sqlite import rows_as_dicts
+
+accounts_router = APIRouter(prefix="/v1/accounts", tags=["accounts"], responses=ERRORS)
+RelayPath = Annotated[str, Path(min_length=1, max_length=128)]
+AccountPath = Annotated[str, Path(min_length=1, max_length=998)]
+RECENT = 20
+
+
+class AdminAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actor: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+
+
+class LockIn(AdminAction):
+    duration_s: int | None = Field(default=None, ge=60, description="A temporary lock; default: permanent")
+
+
+class AllowlistIn(AdminAction):
+    allowlisted: bool = True
+
+
+def state_json(state: AccountState, risk: float) -> dict[str, Any]:
+    return {
+        "status": state.status.value,
+        "locked": state.locked,
+        "locked_until": state.locked_until,
+        "lock_reason": state.lock_reason,
+        "automatic_locks": state.temporary_locks,
+        "allowlisted": state.allowlisted,
+        "account_risk": risk,
+        "evidence_nats": round(state.evidence, 3),
+        "messages_scored": state.messages_scored,
+        "last_scored": state.last_scored,
+    }
+
+
+async def recent_scores(container: Container, key: AccountKey, limit: int = RECENT) -> list[dict[str, Any]]:
+    def query(connection: sqlite3.Connection) -> list[dict[str, Any]]:
+        cursor = connection.execute(
+            "SELECT ts, message_id, spam_probability, account_risk, action, client_ip FROM scored_messages "
+            "WHERE relay = ? AND account = ? ORDER BY ts DESC LIMIT ?",
+            (key.relay, key.account, limit),
+        )
+        return rows_as_dicts(cursor)
+
+    return await container.database.read(query)
+
+
+async def account_view(container: Container, key: AccountKey) -> dict[str, Any]:
+    state = await container.accounts.get(key)
+    engagement = await container.engagement.snapshot(key)
+    policy = container.scorer.policy
+    risk = min(1.0, state.evidence / policy.lock_threshold)
+    history, recent = await asyncio.gather(container.ledger.history(key), recent_scores(container, key))
+    return {
+        "relay": key.relay,
+        "account": key.account,
+        **state_json(state, risk),
+        "engagement": {
+            "recipients": round(engagement.recipients, 1) if engagement else 0.0,
+            **{k: round(v, 4) for k, v in engagement_features(engagement).items() if k.endswith("_rate")},
+        },
+        "recent_scores": recent,
+        "lock_history": history,
+    }
+
+
+@accounts_router.get("/{relay}/{account:path}/lock-history", summary="The account's audit log, newest first")
+async def lock_history(relay: RelayPath, account: AccountPath, container: ContainerDep) -> Response:
+    return json_response(
+        {
+            "relay": relay,
+            "account": account,
+            "history": await container.ledger.history(AccountKey(relay, account), limit=1000),
+        }
+    )
+
+
+async def _admin(
+    container: Container, key: AccountKey, change: Callable[[AccountState, float], Transition]
+) -> Response:
+    state = await container.accounts.get(key)
+    transition = change(state, time.time())
+    # Stored and audited before the answer; only then does scoring see it.
+    await container.scorer.apply_transitions(key, state, [transition])
+    await container.accounts.put(key, state)
+    return json_response(await account_view(container, key))
+
+
+@accounts_router.post("/{relay}/{account:path}/lock", summary="Lock the account (permanent, or for duration_s)")
+async def lock(relay: RelayPath, account: AccountPath, body: LockIn, container: ContainerDep) -> Response:
+    return await _admin(
+        container, AccountKey(relay, account), lambda s, at: admin_lock(s, body.actor, body.reason, at, body.duration_s)
+    )
+
+
+@accounts_router.post("/{relay}/{account:path}/unlock", summary="Unlock the account; its evidence starts over")
+async def unlock(relay: RelayPath, account: AccountPath, body: AdminAction, container: ContainerDep) -> Response:
+    return await _admin(
+        container, AccountKey(relay, account), lambda s, at: admin_unlock(s, body.actor, body.reason, at)
+    )
+
+
+@accounts_router.post("/{relay}/{account:path}/reset", summary="Back to active, with no evidence and no lock count")
+async def reset(relay: RelayPath, account: AccountPath, body: AdminAction, container: ContainerDep) -> Response:
+    return await _admin(
+        container, AccountKey(relay, account), lambda s, at: admin_reset(s, body.actor, body.reason, at)
+    )
+
+
+@accounts_router.post("/{relay}/{account:path}/allowlist", summary="Never auto-lock the account (still scored)")
+async def allowlist(relay: RelayPath, account: AccountPath, body: AllowlistIn, container: ContainerDep) -> Response:
+    return await _admin(
+        container,
+        AccountKey(relay, account),
+        lambda s, at: admin_allowlist(s, body.allowlisted, body.actor, body.reason, at),
+    )
+
+
+@accounts_router.get("/{relay}/{account:path}", summary="The account: state, risk, engagement, recent scores, locks")
+async def get_account(relay: RelayPath, account: AccountPath, container: ContainerDep) -> Response:
+    return json_response(await account_view(container, AccountKey(relay, account)))
