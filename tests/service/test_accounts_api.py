@@ -1,0 +1,87 @@
+"""Accounts over HTTP: automatic locks, the admin's actions, the audit trail, names that need encoding."""
+
+from __future__ import annotations
+
+import sqlite3
+from urllib.parse import quote
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from tests.conftest import make_raw
+from tests.service.test_score_api import SPAM
+
+ADMIN = {"actor": "ops@host.example", "reason": "ticket 4711"}
+
+
+def url(account: str, relay: str = "default") -> str:
+    return f"/v1/accounts/{relay}/{quote(account, safe='')}"
+
+
+def score(client: TestClient, account: str, i: int, raw: str = SPAM) -> dict:
+    body = {"message_id": f"<{account}-{i}@x>", "sasl_username": account, "recipients": ["a@b.org"], "raw": raw}
+    return client.post("/v1/score", json=body).json()
+
+
+def test_a_spam_run_is_locked_automatically_with_its_reason_in_the_audit_log(client: TestClient) -> None:
+    results = [score(client, "hijacked@example.net", i) for i in range(6)]
+    assert results[-1]["account_locked"]
+    view = client.get(url("hijacked@example.net")).json()
+    assert view["status"] == "locked_temporary"
+    assert view["automatic_locks"] == 1
+    [entry] = [h for h in view["lock_history"] if h["action"] == "locked_temporary"]
+    assert entry["actor"] == "outguard"
+    assert "spam probability" in entry["reason"]
+    assert entry["details"]["account_risk"] == 1.0
+    assert len(view["recent_scores"]) == 6
+
+
+def test_the_admin_locks_and_unlocks_an_account_named_with_slashes_and_parentheses(client: TestClient) -> None:
+    name = "33:wp-content/plugins/hello(1)/mail.php"
+    locked = client.post(url(name) + "/lock", json=ADMIN)
+    assert locked.status_code == 200
+    assert (locked.json()["account"], locked.json()["status"]) == (name, "locked")
+    blocked = client.post("/v1/score", json={"message_id": "<p@x>", "account": name, "raw": make_raw()}).json()
+    assert (blocked["action"], blocked["account_locked"]) == ("reject", True)
+    unlocked = client.post(url(name) + "/unlock", json={**ADMIN, "reason": "script removed"}).json()
+    assert unlocked["status"] == "active"
+    assert [h["action"] for h in unlocked["lock_history"]] == ["unlocked", "locked"]
+    assert (
+        client.post("/v1/score", json={"message_id": "<p2@x>", "account": name, "raw": make_raw()}).json()["action"]
+        == "accept"
+    )
+
+
+def test_an_allowlisted_account_is_scored_but_never_locked(client: TestClient) -> None:
+    client.post(url("newsletter@example.net") + "/allowlist", json=ADMIN)
+    results = [score(client, "newsletter@example.net", i) for i in range(6)]
+    assert not any(r["account_locked"] for r in results)
+    assert results[-1]["lock_recommended"]  # still reported
+    assert client.get(url("newsletter@example.net")).json()["allowlisted"] is True
+
+
+def test_locks_survive_a_restart(client: TestClient, settings) -> None:
+    client.post(url("kept") + "/lock", json=ADMIN)
+    with TestClient(create_app(settings)) as restarted:
+        answer = restarted.post("/v1/score", json={"message_id": "<k@x>", "account": "kept", "text": "hi"}).json()
+    assert answer["account_locked"]
+
+
+def test_the_audit_log_cannot_be_rewritten(client: TestClient, settings) -> None:
+    client.post(url("audited") + "/lock", json=ADMIN)
+    with sqlite3.connect(settings.sqlite_path) as connection, pytest.raises(sqlite3.IntegrityError):
+        connection.execute("DELETE FROM audit_log")
+
+
+@pytest.mark.parametrize(("body", "field"), [({"actor": "ops"}, "reason"), ({"reason": "x"}, "actor")])
+def test_admin_actions_need_an_actor_and_a_reason(client: TestClient, body: dict, field: str) -> None:
+    response = client.post(url("x") + "/lock", json=body)
+    assert response.status_code == 422
+    assert field in {p["field"] for p in response.json()["detail"]}
+
+
+def test_a_temporary_admin_lock(client: TestClient) -> None:
+    view = client.post(url("cool") + "/lock", json={**ADMIN, "duration_s": 600}).json()
+    assert view["status"] == "locked_temporary"
+    assert view["locked_until"] > 0
