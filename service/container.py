@@ -122,7 +122,9 @@ def build_container(settings: Settings) -> Container:
         policies=settings.policy_for,
         notifier=notifier,
     )
-    ingestor = FeedbackIngestor(scored=events, index=index, feedback=feedback, engagement=engagement, metrics=metrics)
+    ingestor = FeedbackIngestor(
+        scored=events, index=index, feedback=feedback, engagement=engagement, metrics=metrics, notifier=notifier
+    )
     return Container(
         settings=settings,
         model=model,

@@ -12,12 +12,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from features.engagement import engagement_features
 from service.metrics import Metrics
+from service.notify import Cooldown, Notifier
 from service.stores import AccountKey, EngagementStore, FeedbackEvent, FeedbackLog, FeedbackType, MessageRef
 from service.stores.memory import MemoryMessageIndex
 from service.stores.sqlite_events import SqliteEventLog
 
 DEFAULT_RELAY = "default"
+
+# When feedback is worth telling subscribers about: (outcome, event type, least count, least smoothed rate).
+ALERTS = (
+    ("invalid_recipient", "account.invalid_recipients", 5.0, 0.05, "eng_invalid_recipient_rate"),
+    ("complaint", "account.complaints", 2.0, 0.002, "eng_complaint_rate"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +59,10 @@ class FeedbackIngestor:
         feedback: FeedbackLog,
         engagement: EngagementStore,
         metrics: Metrics,
+        notifier: Notifier,
     ) -> None:
+        self.notifier = notifier
+        self.cooldown = Cooldown(3_600)
         self.scored = scored
         self.index = index
         self.feedback = feedback
@@ -66,11 +77,34 @@ class FeedbackIngestor:
         for event, is_new in zip(events, new, strict=True):
             if is_new and event.account is not None and event.relay is not None:
                 key = AccountKey(event.relay, event.account)
-                await self.engagement.add(key, engagement_counts(event), event.timestamp)
+                counts = engagement_counts(event)
+                await self.engagement.add(key, counts, event.timestamp)
+                await self._alert(key, counts, event.timestamp)
             status = "stored" if is_new else "duplicate"
             self.metrics.feedback_events.labels(event.type.value, status).inc()
             results.append(IngestResult(event.event_id, status, event.matched, event.relay, event.account))
         return results
+
+    async def _alert(self, key: AccountKey, counts: dict[str, float], at: float) -> None:
+        if not any(outcome in counts for outcome, *_ in ALERTS):
+            return
+        snapshot = await self.engagement.snapshot(key)
+        if snapshot is None:
+            return
+        rates = engagement_features(snapshot)
+        for outcome, event_type, least, least_rate, rate_name in ALERTS:
+            seen = snapshot.outcomes.get(outcome, 0.0)
+            crossed = outcome in counts and seen >= least and rates[rate_name] >= least_rate
+            if crossed and self.cooldown.ready(key, event_type, at):
+                payload = {
+                    "reason_codes": [outcome],
+                    "evidence": {
+                        "count": round(seen, 1),
+                        "rate": round(rates[rate_name], 4),
+                        "recipients": round(snapshot.recipients, 1),
+                    },
+                }
+                await self.notifier.announce(event_type, key, payload)
 
     async def find(self, message_id: str | None, queue_id: str | None, relay: str | None) -> MessageRef | None:
         [ref] = await self._lookup([(message_id, queue_id, relay)])

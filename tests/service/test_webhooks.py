@@ -166,3 +166,25 @@ def test_the_signature_scheme_matches_the_documented_snippet() -> None:
     assert header.startswith("t=1795430400,v1=")
     assert verify(SECRET, header, b'{"a":1}', now=1_795_430_400 + 299)
     assert not verify(SECRET, header, b'{"a":1}', now=1_795_430_400 + 301)  # a replay, too old
+
+
+def test_bounces_to_invalid_recipients_are_announced_once(hook_settings: Settings, receiver: Receiver) -> None:
+    with TestClient(create_app(hook_settings)) as client:
+        webhook_id = subscribe(client, receiver.url, ["account.invalid_recipients"])
+        recipients = [f"r{i}@list.example" for i in range(20)]
+        body = {"message_id": "<run@x>", "sasl_username": "spammer", "recipients": recipients, "text": "hi"}
+        client.post("/v1/score", json=body)
+        events = [
+            {"event_id": f"b{i}", "type": "bounce", "message_id": "<run@x>", "detail": {"status": "5.1.1"}}
+            for i in range(10)
+        ]
+        client.post("/v1/feedback/batch", json={"events": events})
+        [delivery] = wait_for(client, webhook_id, "delivered")
+    event = json.loads(receiver.received[0][1])
+    assert (event["type"], event["account"], event["reason_codes"]) == (
+        "account.invalid_recipients",
+        "spammer",
+        ["invalid_recipient"],
+    )
+    assert event["evidence"]["count"] >= 5
+    assert delivery["event_type"] == "account.invalid_recipients"
