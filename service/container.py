@@ -121,6 +121,7 @@ def build_container(settings: Settings) -> Container:
         ledger=ledger,
         policies=settings.policy_for,
         notifier=notifier,
+        store_subjects=settings.store_subjects,
     )
     ingestor = FeedbackIngestor(
         scored=events, index=index, feedback=feedback, engagement=engagement, metrics=metrics, notifier=notifier

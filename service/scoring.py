@@ -112,6 +112,7 @@ class _Pending:
     row: np.ndarray | None  # None: the account is locked, the model does not run
     recipients_hashed: list[str]
     engagement_evidence: float = 0.0
+    subject: str | None = None
 
 
 class Scorer:
@@ -132,7 +133,9 @@ class Scorer:
         ledger: SqliteAccountLedger,
         policies: Callable[[str], RelayPolicy],
         notifier: Notifier,
+        store_subjects: bool = True,
     ) -> None:
+        self.store_subjects = store_subjects
         self.model = model
         self.behaviour = behaviour
         self.engagement = engagement
@@ -204,11 +207,12 @@ class Scorer:
         if (expired := expire_lock(state, message.timestamp)) is not None:
             await self.accounts.put(key, state)
             await self.apply_transitions(key, state, [expired])
+        subject = parsed.subject[:SUBJECT_CHARS] if self.store_subjects else None
         if state.locked:
-            return _Pending(message, key, identity, None, hashed)
+            return _Pending(message, key, identity, None, hashed, subject=subject)
         engagement = await self.engagement.snapshot(key)
         row = assemble(content.content.features, content.text_model_score, snapshot, engagement)
-        return _Pending(message, key, identity, row, hashed, engagement_evidence(engagement))
+        return _Pending(message, key, identity, row, hashed, engagement_evidence(engagement), subject)
 
     async def _finish(self, item: _Pending, bundle: ModelBundle, prediction: Prediction, index: int) -> ScoreResult:
         probability = float(prediction.probabilities[index])
@@ -273,6 +277,7 @@ class Scorer:
                 lock_recommended=decision.lock_recommended,
                 recipients_hashed=item.recipients_hashed,
                 client_ip=item.message.client_ip,
+                subject=item.subject,
                 scored_at=time.time(),
             )
         )
@@ -342,6 +347,7 @@ class Scorer:
         ]
 
 
+SUBJECT_CHARS = 120
 # A volume spike: at least this many messages in the last hour, and this many times
 # (as a log) the account's own hourly baseline.
 VOLUME_SPIKE_MIN_PER_HOUR = 20
@@ -350,9 +356,10 @@ VOLUME_SPIKE_LOG_RATIO = math.log(10)
 
 def _risk_reason(decision: Decision, probability: float, reasons: list[Reason]) -> str:
     top = ", ".join(r.name for r in reasons[:3] if r.contribution > 0) or "no single feature"
+    verdict = "enough evidence of spam to lock" if decision.lock_recommended else "evidence of spam building up"
     return (
-        f"account risk {decision.account_risk:.2f} (lock threshold reached: {decision.lock_recommended}); "
-        f"last message spam probability {probability:.3f}; strongest signals: {top}"
+        f"{verdict} (account risk {decision.account_risk:.2f}); the last message scored {probability:.3f} "
+        f"spam probability, driven by {top}"
     )
 
 

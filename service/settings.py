@@ -56,6 +56,9 @@ class Settings(BaseSettings):
         default=None,
         description="Key for hashing recipient addresses in stored events; generated into state_dir when unset.",
     )
+    store_subjects: bool = Field(
+        default=True, description="Keep the first 120 characters of each subject, for incident reports"
+    )
     event_queue_max: int = Field(default=100_000, ge=1, description="Scored events waiting for the log writer")
     max_tracked_accounts: int = Field(default=200_000, ge=1, description="Accounts kept in in-process state (LRU)")
     message_index_size: int = Field(

@@ -11,9 +11,9 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -22,6 +22,7 @@ from service.api.common import ContainerDep, json_response
 from service.api.routes import ERRORS
 from service.container import Container
 from service.lifecycle import Transition, admin_allowlist, admin_lock, admin_reset, admin_unlock
+from service.reports.incident import IncidentSources, build_incident, render
 from service.stores import AccountKey, AccountState
 from service.stores.sqlite import rows_as_dicts
 
@@ -74,6 +75,7 @@ async def recent_scores(container: Container, key: AccountKey, limit: int = RECE
 
 
 async def account_view(container: Container, key: AccountKey) -> dict[str, Any]:
+    await container.events.flush()  # every message scored before this request is in the log
     state = await container.accounts.get(key)
     engagement = await container.engagement.snapshot(key)
     policy = container.scorer.policy
@@ -90,6 +92,33 @@ async def account_view(container: Container, key: AccountKey) -> dict[str, Any]:
         "recent_scores": recent,
         "lock_history": history,
     }
+
+
+@accounts_router.get(
+    "/{relay}/{account:path}/incident",
+    summary="The incident report: what was seen, why it was locked, what to do next (JSON, Markdown or HTML)",
+)
+async def incident(
+    relay: RelayPath,
+    account: AccountPath,
+    container: ContainerDep,
+    format: Literal["json", "markdown", "html"] = Query(default="json"),
+) -> Response:
+    sources = IncidentSources(
+        database=container.database,
+        accounts=container.accounts,
+        engagement=container.engagement,
+        ledger=container.ledger,
+        model=container.model,
+        hold_threshold=container.settings.hold_threshold,
+        lock_threshold=container.settings.lock_threshold,
+    )
+    await container.events.flush()  # every message scored before this request is in the report
+    report = await build_incident(sources, AccountKey(relay, account))
+    if format == "json":
+        return json_response(report)
+    media = "text/markdown; charset=utf-8" if format == "markdown" else "text/html; charset=utf-8"
+    return Response(render(report, format), media_type=media)
 
 
 @accounts_router.get("/{relay}/{account:path}/lock-history", summary="The account's audit log, newest first")

@@ -43,6 +43,7 @@ class ScoredEvent:
     client_ip: str | None = None
     scored_at: float = 0.0
     queue_id: str | None = None
+    subject: str | None = None  # truncated, for incident reports; never the body
 
 
 @dataclass(frozen=True, slots=True)

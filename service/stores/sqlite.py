@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS scored_messages (
     lock_recommended INTEGER NOT NULL,
     recipients_hashed TEXT NOT NULL,
     client_ip TEXT,
+    subject TEXT,
     scored_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS scored_messages_account_ts ON scored_messages (relay, account, ts);

@@ -20,8 +20,8 @@ from service.stores.sqlite import SqliteDatabase
 _INSERT = """
 INSERT INTO scored_messages (ts, relay, account, identity_source, message_id, queue_id, model_version,
     feature_spec_version, features, spam_probability, account_risk, action, lock_recommended,
-    recipients_hashed, client_ip, scored_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    recipients_hashed, client_ip, subject, scored_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 # SQLite's default limit on bound parameters per statement is 999 on old builds.
 _LOOKUP_CHUNK = 500
@@ -44,6 +44,7 @@ def _row(event: ScoredEvent) -> tuple[object, ...]:
         int(event.lock_recommended),
         orjson.dumps(event.recipients_hashed).decode(),
         event.client_ip,
+        event.subject,
         event.scored_at,
     )
 

@@ -51,6 +51,10 @@ class _Item:
 _STOP = object()
 
 
+def _noop(_connection: sqlite3.Connection) -> None:
+    return None
+
+
 class SqliteWriter:
     def __init__(
         self,
@@ -98,8 +102,12 @@ class SqliteWriter:
         return True
 
     async def flush(self) -> None:
-        """Wait until everything queued so far is committed."""
-        await asyncio.to_thread(self._queue.join)
+        """Wait until everything queued before this call is committed.
+
+        A barrier, not a drain: a no-op queued behind them (the queue is FIFO and the
+        thread commits in order), so it returns even while new writes keep arriving.
+        """
+        await self.submit(_noop)
 
     def close(self) -> None:
         if self._thread.is_alive():

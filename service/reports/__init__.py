@@ -1,0 +1,1 @@
+"""Human-readable reports: the incident report of one account."""
