@@ -39,6 +39,9 @@ from service.settings import PROJECT_ROOT, Settings
 from training.corpora import spamassassin_messages, trec_messages
 
 BATCH = 100
+# The benchmark measures the full scoring path: its relay never locks or rate-limits,
+# or the spam half of the sample would soon be refused without running the model.
+BENCH_POLICY = '{"bench": {"auto_lock": false, "rate_limit_risk": 1.0}}'
 UVICORN_FLAGS = ("--log-level", "warning", "--no-access-log")
 console = Console(width=160)
 
@@ -138,7 +141,12 @@ def bench_http(
     target: str, factory: str, messages: list[dict[str, object]], seconds: float, connections: int, state: Path
 ) -> list[Row]:
     port = free_port()
-    env = {**os.environ, "OUTGUARD_DATABASE_URL": f"sqlite:///{state / 'bench.db'}", "OUTGUARD_STATE_DIR": str(state)}
+    env = {
+        **os.environ,
+        "OUTGUARD_DATABASE_URL": f"sqlite:///{state / 'bench.db'}",
+        "OUTGUARD_STATE_DIR": str(state),
+        "OUTGUARD_RELAY_POLICIES": BENCH_POLICY,
+    }
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", factory, "--factory", "--port", str(port), *UVICORN_FLAGS],
         env=env,
@@ -210,7 +218,12 @@ def bench_feedback(
 ) -> list[FeedbackRow]:
     """Scoring alone, then scoring while feedback is ingested, on one server."""
     port = free_port()
-    env = {**os.environ, "OUTGUARD_DATABASE_URL": f"sqlite:///{state / 'fb.db'}", "OUTGUARD_STATE_DIR": str(state)}
+    env = {
+        **os.environ,
+        "OUTGUARD_DATABASE_URL": f"sqlite:///{state / 'fb.db'}",
+        "OUTGUARD_STATE_DIR": str(state),
+        "OUTGUARD_RELAY_POLICIES": BENCH_POLICY,
+    }
     server = subprocess.Popen(
         [
             sys.executable,
@@ -288,7 +301,13 @@ def main() -> None:
     messages = sample_messages(base, args.messages)
     with tempfile.TemporaryDirectory(prefix="outguard-bench-") as tmp:
         state = Path(tmp)
-        settings = base.model_copy(update={"database_url": f"sqlite:///{state / 'inproc.db'}", "state_dir": state})
+        settings = base.model_copy(
+            update={
+                "database_url": f"sqlite:///{state / 'inproc.db'}",
+                "state_dir": state,
+                "relay_policies": json.loads(BENCH_POLICY),
+            }
+        )
         rows = bench_in_process(settings, messages)
         rows += bench_http(
             "outguard", "service.app:app_from_environment", messages, args.seconds, args.connections, state

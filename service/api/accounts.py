@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from features.engagement import engagement_features
+from features.spec import FEATURE_INDEX
 from service.api.common import ContainerDep, json_response
 from service.api.routes import ERRORS
 from service.container import Container
@@ -62,14 +64,35 @@ def state_json(state: AccountState, risk: float) -> dict[str, Any]:
     }
 
 
-async def recent_scores(container: Container, key: AccountKey, limit: int = RECENT) -> list[dict[str, Any]]:
-    def query(connection: sqlite3.Connection) -> list[dict[str, Any]]:
+COUNTERS = (
+    "acct_msgs_1m",
+    "acct_msgs_1h",
+    "acct_msgs_24h",
+    "acct_rcpts_1h",
+    "acct_rcpts_24h",
+    "acct_rcpt_domains_1h",
+    "acct_client_ips_1h",
+    "acct_client_ips_24h",
+)
+
+
+async def recent_scores(
+    container: Container, key: AccountKey, limit: int = RECENT
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The latest scores, and the account's windows as the latest scored message saw them."""
+
+    def query(connection: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, float]]:
         cursor = connection.execute(
-            "SELECT ts, message_id, spam_probability, account_risk, action, client_ip FROM scored_messages "
+            "SELECT ts, message_id, spam_probability, account_risk, action, client_ip, features FROM scored_messages "
             "WHERE relay = ? AND account = ? ORDER BY ts DESC LIMIT ?",
             (key.relay, key.account, limit),
         )
-        return rows_as_dicts(cursor)
+        rows = rows_as_dicts(cursor)
+        vector = next((orjson.loads(r["features"]) for r in rows if r["features"]), None)
+        counters = {name.removeprefix("acct_"): vector[FEATURE_INDEX[name]] for name in COUNTERS} if vector else {}
+        for row in rows:
+            del row["features"]
+        return rows, counters
 
     return await container.database.read(query)
 
@@ -80,7 +103,7 @@ async def account_view(container: Container, key: AccountKey) -> dict[str, Any]:
     engagement = await container.engagement.snapshot(key)
     policy = container.scorer.policy
     risk = min(1.0, state.evidence / policy.lock_threshold)
-    history, recent = await asyncio.gather(container.ledger.history(key), recent_scores(container, key))
+    history, (recent, counters) = await asyncio.gather(container.ledger.history(key), recent_scores(container, key))
     return {
         "relay": key.relay,
         "account": key.account,
@@ -89,6 +112,7 @@ async def account_view(container: Container, key: AccountKey) -> dict[str, Any]:
             "recipients": round(engagement.recipients, 1) if engagement else 0.0,
             **{k: round(v, 4) for k, v in engagement_features(engagement).items() if k.endswith("_rate")},
         },
+        "counters": counters,
         "recent_scores": recent,
         "lock_history": history,
     }

@@ -85,3 +85,11 @@ def test_a_temporary_admin_lock(client: TestClient) -> None:
     view = client.post(url("cool") + "/lock", json={**ADMIN, "duration_s": 600}).json()
     assert view["status"] == "locked_temporary"
     assert view["locked_until"] > 0
+
+
+def test_the_account_view_shows_its_windows(client: TestClient) -> None:
+    for i in range(3):
+        score(client, "counted", i, raw=make_raw())
+    counters = client.get(url("counted")).json()["counters"]
+    assert counters["msgs_1h"] == 3
+    assert counters["rcpts_24h"] == 3
