@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,24 +139,31 @@ def wait_healthy(port: int, timeout: float = 60.0) -> None:
     raise RuntimeError(f"server on port {port} did not become healthy in {timeout}s")
 
 
-def bench_http(
-    target: str, factory: str, messages: list[dict[str, object]], seconds: float, connections: int, state: Path
-) -> list[Row]:
+@contextlib.contextmanager
+def running_server(factory: str, state: Path, database: str) -> Iterator[int]:
+    """A real uvicorn process (one worker) on a free port; yields the port once it is healthy."""
     port = free_port()
     env = {
         **os.environ,
-        "OUTGUARD_DATABASE_URL": f"sqlite:///{state / 'bench.db'}",
+        "OUTGUARD_DATABASE_URL": f"sqlite:///{state / database}",
         "OUTGUARD_STATE_DIR": str(state),
         "OUTGUARD_RELAY_POLICIES": BENCH_POLICY,
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", factory, "--factory", "--port", str(port), *UVICORN_FLAGS],
-        env=env,
-        cwd=PROJECT_ROOT,
-    )
-    rows = []
+    command = [sys.executable, "-m", "uvicorn", factory, "--factory", "--port", str(port), *UVICORN_FLAGS]
+    server = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT)
     try:
         wait_healthy(port)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def bench_http(
+    target: str, factory: str, messages: list[dict[str, object]], seconds: float, connections: int, state: Path
+) -> list[Row]:
+    rows = []
+    with running_server(factory, state, "bench.db") as port:
         single = [encode_post("127.0.0.1", port, "/v1/score", orjson.dumps(m)) for m in messages]
         batches = [
             encode_post("127.0.0.1", port, "/v1/score/batch", orjson.dumps({"messages": messages[i : i + BATCH]}))
@@ -177,9 +186,6 @@ def bench_http(
                     result.percentile(99),
                 )
             )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     return rows
 
 
@@ -217,29 +223,7 @@ def bench_feedback(
     messages: list[dict[str, object]], seconds: float, connections: int, state: Path
 ) -> list[FeedbackRow]:
     """Scoring alone, then scoring while feedback is ingested, on one server."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "OUTGUARD_DATABASE_URL": f"sqlite:///{state / 'fb.db'}",
-        "OUTGUARD_STATE_DIR": str(state),
-        "OUTGUARD_RELAY_POLICIES": BENCH_POLICY,
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "service.app:app_from_environment",
-            "--factory",
-            "--port",
-            str(port),
-            *UVICORN_FLAGS,
-        ],
-        env=env,
-        cwd=PROJECT_ROOT,
-    )
-    try:
-        wait_healthy(port)
+    with running_server("service.app:app_from_environment", state, "fb.db") as port:
         batches = [
             encode_post("127.0.0.1", port, "/v1/score/batch", orjson.dumps({"messages": messages[i : i + BATCH]}))
             for i in range(0, len(messages), BATCH)
@@ -270,9 +254,6 @@ def bench_feedback(
                 ingest.rate * 100,
             ),
         ]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def markdown_table(rows: list[Row], floor: dict[str, float]) -> str:
