@@ -111,6 +111,80 @@ def evaluate(
     _print_metrics(metrics, f"{bundle.version}: held-out test (re-measured)", bundle.metrics.get("test"))
 
 
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Folder for events.jsonl and truth.json")] = Path("var/sim"),
+    accounts: Annotated[int, typer.Option(help="Accounts")] = 2_000,
+    days: Annotated[int, typer.Option(help="Days")] = 7,
+    relays: Annotated[int, typer.Option(help="Relays")] = 3,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same log")] = 1,
+    pool: Annotated[str, typer.Option(help="Content pool: eval (the corpus test split) or train")] = "eval",
+) -> None:
+    """Simulate a hosting provider's outbound traffic, compromises and feedback as a replayable log."""
+    import time
+
+    from training.dataset import build_corpus_dataset
+    from training.simulator import SimulationConfig, content_pools, iter_jsonl, simulate
+
+    if pool not in ("eval", "train"):
+        raise typer.BadParameter("pool is eval or train")
+    settings = Settings()
+    frame = build_corpus_dataset(settings.data_dir, settings.cache_dir)
+    started = time.perf_counter()
+    events, truth = simulate(
+        SimulationConfig(accounts=accounts, days=days, relays=relays, seed=seed, pool=pool), content_pools(frame, pool)
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "events.jsonl").open("wb") as handle:
+        handle.writelines(iter_jsonl(events))
+    meta = {"accounts": accounts, "days": days, "relays": relays, "seed": seed, "pool": pool}
+    (out / "truth.json").write_text(json.dumps({"config": meta, "accounts": truth}, indent=1))
+    messages = sum(1 for e in events if e["type"] == "message")
+    console.print(
+        f"{len(events):,} events ({messages:,} messages) for {accounts:,} accounts over {days} days "
+        f"in {time.perf_counter() - started:.1f}s -> {out}"
+    )
+
+
+@app.command()
+def replay(
+    log: Annotated[Path, typer.Argument(help="A folder written by `outguard simulate`")] = Path("var/sim"),
+    auto_lock: Annotated[bool, typer.Option(help="Lock accounts once recommended")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Replay a simulated log through the service in process; report per-account metrics."""
+    import tempfile
+
+    import orjson
+    from rich.progress import Progress
+
+    from training.replay import account_metrics, corpus_resolver, replay_sync
+
+    truth = json.loads((log / "truth.json").read_text())
+    events = [orjson.loads(line) for line in (log / "events.jsonl").open("rb")]
+    base = Settings()
+    with tempfile.TemporaryDirectory(prefix="outguard-replay-") as tmp:
+        policy = base.relay_policy.model_copy(update={"auto_lock": auto_lock})
+        settings = base.model_copy(
+            update={"database_url": f"sqlite:///{tmp}/replay.db", "state_dir": Path(tmp), "relay_policy": policy}
+        )
+        resolve = corpus_resolver(settings.data_dir, settings.cache_dir)
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("replaying", total=len(events))
+            result = replay_sync(events, settings, resolve, lambda n: bar.update(task, completed=n + 1))
+    metrics = account_metrics(result, truth["accounts"], truth["config"]["days"])
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    table = Table(title=f"replay of {log} (auto-lock {'on' if auto_lock else 'off'})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if key != "falsely_locked":
+            table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    console.print(table)
+
+
 def _thresholds(settings: Settings) -> dict[str, float]:
     return {"hold": settings.hold_threshold, "reject": settings.reject_threshold}
 

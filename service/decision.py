@@ -1,10 +1,18 @@
 """From a message's spam probability to an action, and the account's running evidence.
 
-Per message: the calibrated probability and the model's training prior give the
-message's log-likelihood ratio (spam vs ham), the evidence it carries. Per account:
-a CUSUM of those ratios, S = max(0, S + llr), which ham pulls back down and a run of
-spam drives up; an account is recommended for locking when S crosses
-`lock_threshold` (Wald's bound: ln(1/alpha) nats for a false-alarm rate alpha).
+Per message: the calibrated probability gives the likelihood ratio LR of spam against
+ham (the probabilities are calibrated at equal priors, so LR is the odds). The
+account-level question is not "is this message spam" but "is this account
+compromised": a compromised account sends spam with share `compromised_spam_share`
+(pi) among its owner's mail, a clean one spam-looking mail with share
+`clean_spam_share` (eps). The message's evidence is the log-likelihood ratio of those
+two mixtures, log((pi LR + 1 - pi) / (eps LR + 1 - eps)): at most log(pi/eps) for the
+clearest spam, and only log((1-pi)/(1-eps)) for clear ham, so the owner's own mail
+cannot hide a slow drip of spam. Per account: a CUSUM of that evidence,
+S = max(0, S + llr), recommended for locking when S reaches `lock_threshold`. CUSUM's
+average run length to a false alarm is about e^h messages, so the threshold follows from
+a target false-lock rate: h = ln(messages per account-day * 1000 / target per 1,000
+account-days).
 Feedback adds the engagement log-likelihood ratio (`features.engagement`): bounces to
 invalid recipients and complaints raise it, deliveries and replies lower it.
 `account_risk` is the total as a share of the lock threshold.
@@ -36,8 +44,14 @@ class DecisionPolicy:
     hold_threshold: float
     reject_threshold: float
     lock_threshold: float
-    evidence_clip: float
+    compromised_spam_share: float = 0.3
+    clean_spam_share: float = 0.01
     engagement_credit: float = 4.0
+
+    @property
+    def message_evidence_max(self) -> float:
+        """The most one message can add: log(pi / eps)."""
+        return math.log(self.compromised_spam_share / self.clean_spam_share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +61,17 @@ class Decision:
     lock_recommended: bool
 
 
-def message_evidence(probability: float, prior_log_odds: float, clip: float) -> float:
-    """Log-likelihood ratio of one message, clipped so no single message decides alone."""
-    p = min(max(probability, 1e-6), 1 - 1e-6)
-    llr = math.log(p / (1 - p)) - prior_log_odds
-    return max(-clip, min(clip, llr))
+def message_evidence(probability: float, prior_log_odds: float, policy: DecisionPolicy) -> float:
+    """Log-likelihood ratio, compromised against clean, of one message with this spam probability."""
+    p = min(max(probability, 1e-9), 1 - 1e-9)
+    likelihood_ratio = math.exp(math.log(p / (1 - p)) - prior_log_odds)
+    pi, eps = policy.compromised_spam_share, policy.clean_spam_share
+    return math.log((pi * likelihood_ratio + 1 - pi) / (eps * likelihood_ratio + 1 - eps))
+
+
+def lock_threshold_for(target_per_1000_account_days: float, messages_per_account_day: float) -> float:
+    """CUSUM level whose mean run to a false alarm is 1000 / target account-days of mail."""
+    return math.log(messages_per_account_day * 1000.0 / target_per_1000_account_days)
 
 
 def update_account(state: AccountState, evidence: float, timestamp: float) -> None:

@@ -27,6 +27,7 @@ from service.decision import (
     Action,
     Decision,
     DecisionPolicy,
+    account_evidence,
     decide,
     locked_decision,
     message_evidence,
@@ -95,6 +96,7 @@ class ScoreResult:
     reasons: list[Reason]
     model_version: str
     strip_headers: tuple[str, ...] = ()
+    account_evidence: float = 0.0  # uncapped, in nats: for replays that sweep the lock threshold
 
 
 class ModelHolder:
@@ -220,7 +222,7 @@ class Scorer:
         state = await self.accounts.get(item.key)
         if state.locked:  # locked while this batch was being scored
             return await self._finish_locked(item, bundle)
-        evidence = message_evidence(probability, bundle.prior_log_odds, self.policy.evidence_clip)
+        evidence = message_evidence(probability, bundle.prior_log_odds, self.policy)
         update_account(state, evidence, item.message.timestamp)
         decision = decide(probability, state, self.policy, item.engagement_evidence)
         assert item.row is not None
@@ -235,7 +237,9 @@ class Scorer:
         await self._announce_signals(item, decision, probability, why)
         self.metrics.messages_scored.inc()
         self.metrics.spam_probability.observe(probability)
-        return await self._record(item, bundle, decision, probability, reasons, locked=False)
+        result = await self._record(item, bundle, decision, probability, reasons, locked=False)
+        result.account_evidence = account_evidence(state, item.engagement_evidence, self.policy)
+        return result
 
     async def _finish_locked(self, item: _Pending, bundle: ModelBundle) -> ScoreResult:
         return await self._record(item, bundle, locked_decision(), None, [], locked=True)

@@ -85,13 +85,18 @@ class Settings(BaseSettings):
     # -- decision
     hold_threshold: float = Field(default=0.99, gt=0, lt=1)
     reject_threshold: float = Field(default=0.999, gt=0, lt=1)
-    lock_threshold: float = Field(
-        default=9.2,
-        gt=0,
-        description="CUSUM level (in nats of evidence) at which an account is recommended for locking; "
-        "9.2 = ln(1/1e-4), Wald's bound for a false-alarm probability of 1e-4 per run",
+    target_false_locks_per_1000_account_days: float = Field(
+        default=0.5, gt=0, description="The false-lock rate the lock threshold is derived from"
     )
-    evidence_clip: float = Field(default=4.0, gt=0, description="Largest evidence one message can add, in nats")
+    messages_per_account_day: float = Field(
+        default=20.0, gt=0, description="A typical account's messages a day, for deriving the lock threshold"
+    )
+    compromised_spam_share: float = Field(
+        default=0.3, gt=0, lt=1, description="Share of spam in a compromised account's mail (the alternative)"
+    )
+    clean_spam_share: float = Field(
+        default=0.01, gt=0, lt=1, description="Share of spam-looking mail from a clean account (the null)"
+    )
     engagement_credit: float = Field(
         default=4.0,
         ge=0,
@@ -135,6 +140,13 @@ class Settings(BaseSettings):
         if hold is not None and value < hold:
             raise ValueError("reject_threshold must be at least hold_threshold")
         return value
+
+    @property
+    def lock_threshold(self) -> float:
+        """Derived, not tuned: CUSUM's mean run to a false alarm matches the target false-lock rate."""
+        from service.decision import lock_threshold_for
+
+        return lock_threshold_for(self.target_false_locks_per_1000_account_days, self.messages_per_account_day)
 
     @property
     def sqlite_path(self) -> Path:

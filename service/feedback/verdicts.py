@@ -22,9 +22,9 @@ async def apply_verdict(
     key = AccountKey(label.relay, label.account)
     state = await accounts.get(key)
     if label.label is Verdict.SPAM:
-        state.evidence += policy.evidence_clip
+        state.evidence += policy.message_evidence_max
     elif label.label is Verdict.HAM:
-        state.evidence = max(0.0, state.evidence - policy.evidence_clip)
+        state.evidence = max(0.0, state.evidence - policy.message_evidence_max)
     elif label.label is Verdict.COMPROMISED:
         state.evidence = max(state.evidence, policy.lock_threshold)
     transitions = []

@@ -1,0 +1,439 @@
+"""A hosting provider in a box: accounts, their mail, compromises, and the feedback that follows.
+
+`simulate(config)` returns a time-ordered event log (scored messages and feedback
+events, in the shapes the API takes) with ground truth per message and per account.
+It is seeded and deterministic. Message content is a reference into the shared corpora
+(`content_ref`), resolved when the log is replayed: legitimate mail uses real ham,
+spam episodes real spam, from disjoint pools: `pool="eval"` draws only from the
+corpus test split the shipped model never saw, `pool="train"` from the rest.
+
+Senders (shares of accounts): personal mailboxes, small businesses, newsletters,
+transactional senders, contact-form PHP scripts, new accounts warming up.
+Compromises: a stolen password used from many client IPs in a burst; a slow drip of
+spam among the owner's mail; a PHP mailer script (a new identity in
+`X-PHP-Originating-Script`); phishing to the account's own contacts; one campaign
+through many accounts at once with the same content. Legitimate surprises: a
+newsletter's first big send, a holiday greeting to the whole address book, a
+transactional spike, a user back from a holiday.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+DAY = 86_400.0
+HOUR = 3_600.0
+START = datetime(2026, 3, 2, tzinfo=UTC).timestamp()  # a Monday
+
+KINDS = {  # kind: share of accounts
+    "personal": 0.50,
+    "business": 0.15,
+    "newsletter": 0.05,
+    "transactional": 0.05,
+    "php_form": 0.15,
+    "new_account": 0.10,
+}
+EPISODES = ("stolen_password_burst", "slow_drip", "php_mailer", "contact_phishing", "campaign")
+SURPRISES = ("newsletter_first_send", "holiday_greeting", "transactional_spike", "back_from_holiday")
+
+
+@dataclass(slots=True)
+class SimulationConfig:
+    accounts: int = 2_000
+    days: int = 7
+    relays: int = 3
+    seed: int = 1
+    pool: str = "eval"  # eval: the corpus test split; train: the rest
+    compromised_share: float = 0.04
+    campaign_accounts: int = 12
+    surprise_share: float = 0.04
+
+
+@dataclass(slots=True)
+class Account:
+    name: str
+    relay: str
+    kind: str
+    client_ip: str
+    contacts: list[str]
+    start_day: int = 0
+    away: tuple[float, float] | None = None  # a holiday: no mail between these times
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+    surprises: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ContentPools:
+    ham: list[str]
+    spam: list[str]
+
+
+def content_pools(frame: pd.DataFrame, pool: str) -> ContentPools:
+    """Corpus references for ham and spam, from the test split (eval) or the rest (train)."""
+    chosen = frame[(frame["split"] == "test")] if pool == "eval" else frame[frame["split"] != "test"]
+    refs = chosen["source"] + "/" + chosen["name"]
+    return ContentPools(ham=sorted(refs[chosen["label"] == 0]), spam=sorted(refs[chosen["label"] == 1]))
+
+
+class _Simulation:
+    def __init__(self, config: SimulationConfig, pools: ContentPools) -> None:
+        self.config = config
+        self.pools = pools
+        self.rng = np.random.default_rng(config.seed)
+        self.end = START + config.days * DAY
+        self.events: list[tuple[float, int, dict[str, Any]]] = []
+        self.sequence = 0
+        self.message_count = 0
+
+    # -- small helpers
+    def _emit(self, at: float, event: dict[str, Any]) -> None:
+        self.events.append((at, self.sequence, event))
+        self.sequence += 1
+
+    def _ip(self) -> str:
+        a, b, c = self.rng.integers(1, 254, size=3)
+        return f"{(11, 23, 37, 41, 59, 77, 89, 101)[a % 8]}.{a}.{b}.{c}"
+
+    def _address(self, domain_pool: int = 400) -> str:
+        user = int(self.rng.integers(0, 10**6))
+        domain = int(self.rng.integers(0, domain_pool))
+        return f"user{user}@domain{domain}.example"
+
+    def _office_time(self, day: int) -> float:
+        hour = float(np.clip(self.rng.normal(13, 3), 7, 21))
+        return START + day * DAY + hour * HOUR + float(self.rng.uniform(0, HOUR))
+
+    def _any_time(self, day: int) -> float:
+        return START + day * DAY + float(self.rng.uniform(0, DAY))
+
+    def accounts(self) -> list[Account]:
+        kinds = list(KINDS)
+        shares = np.array(list(KINDS.values()))
+        chosen = self.rng.choice(len(kinds), size=self.config.accounts, p=shares / shares.sum())
+        accounts = []
+        for i, k in enumerate(chosen):
+            kind = kinds[k]
+            relay = f"relay-{i % self.config.relays}"
+            contacts_n = {"personal": 25, "business": 200, "newsletter": 1500, "php_form": 2, "new_account": 30}.get(
+                kind, 0
+            )
+            name = (
+                f"site{i}:/home/site{i}/public_html/contact.php" if kind == "php_form" else f"u{i}@host{i % 97}.example"
+            )
+            account = Account(
+                name=name,
+                relay=relay,
+                kind=kind,
+                client_ip=self._ip(),
+                contacts=[self._address() for _ in range(contacts_n)],
+                start_day=int(self.rng.integers(0, max(1, self.config.days - 1))) if kind == "new_account" else 0,
+            )
+            accounts.append(account)
+        return accounts
+
+    # -- legitimate traffic
+    def message(
+        self,
+        account: Account,
+        at: float,
+        recipients: list[str],
+        spam: bool,
+        *,
+        identity: str | None = None,
+        client_ip: str | None = None,
+        content_ref: str | None = None,
+        episode: str | None = None,
+        php_script: str | None = None,
+        invalid_share: float = 0.005,
+        complaint_rate: float = 0.0005,
+        reply_rate: float = 0.0,
+        open_rate: float = 0.0,
+    ) -> None:
+        if at >= self.end or at < START:
+            return
+        if account.away and account.away[0] <= at < account.away[1] and not spam:
+            return
+        pool = self.pools.spam if spam else self.pools.ham
+        ref = content_ref or pool[int(self.rng.integers(0, len(pool)))]
+        self.message_count += 1
+        message_id = f"<sim{self.config.seed}-{self.message_count}@{account.relay}.sim>"
+        request: dict[str, Any] = {
+            "message_id": message_id,
+            "timestamp": datetime.fromtimestamp(at, UTC).isoformat(),
+            "relay": account.relay,
+            "client_ip": client_ip or account.client_ip,
+            "envelope_from": account.name if "@" in account.name else f"www-data@{account.relay}.sim",
+            "recipients": recipients,
+        }
+        if php_script is not None or account.kind == "php_form":
+            request["php_script"] = php_script or account.name
+        else:
+            request["sasl_username"] = identity or account.name
+        truth_account = php_script or (identity or account.name)
+        self._emit(
+            at,
+            {
+                "type": "message",
+                "message": request,
+                "content_ref": ref,
+                "truth": {"spam": int(spam), "episode": episode, "account": truth_account, "kind": account.kind},
+            },
+        )
+        self.feedback(message_id, at, recipients, invalid_share, complaint_rate, reply_rate, open_rate)
+
+    def feedback(
+        self,
+        message_id: str,
+        at: float,
+        recipients: list[str],
+        invalid_share: float,
+        complaint_rate: float,
+        reply_rate: float,
+        open_rate: float,
+    ) -> None:
+        rng = self.rng
+        for n, recipient in enumerate(recipients):
+            base = {"message_id": message_id, "recipient": recipient}
+            event_id = f"{message_id}/{n}"
+            if rng.random() < invalid_share:
+                delay = float(rng.uniform(30, 1_800))
+                self._feedback(
+                    at + delay,
+                    {
+                        **base,
+                        "event_id": event_id + "/b",
+                        "type": "bounce",
+                        "detail": {"status": "5.1.1", "smtp_code": 550},
+                    },
+                )
+                continue
+            self._feedback(at + float(rng.uniform(1, 120)), {**base, "event_id": event_id + "/d", "type": "delivered"})
+            if rng.random() < complaint_rate:
+                self._feedback(
+                    at + float(rng.uniform(HOUR, 2 * DAY)), {**base, "event_id": event_id + "/c", "type": "complaint"}
+                )
+            if rng.random() < reply_rate:
+                self._feedback(
+                    at + float(rng.uniform(600, DAY)), {**base, "event_id": event_id + "/r", "type": "reply"}
+                )
+            if rng.random() < open_rate:
+                self._feedback(
+                    at + float(rng.uniform(60, 12 * HOUR)), {**base, "event_id": event_id + "/o", "type": "open"}
+                )
+
+    def _feedback(self, at: float, event: dict[str, Any]) -> None:
+        if at < self.end:
+            event["timestamp"] = datetime.fromtimestamp(at, UTC).isoformat()
+            self._emit(at, {"type": "feedback", "event": event})
+
+    def legitimate(self, account: Account) -> None:
+        rng = self.rng
+        for day in range(account.start_day, self.config.days):
+            weekday = (day % 7) < 5
+            if account.kind == "personal":
+                for _ in range(rng.poisson(4 if weekday else 1.5)):
+                    to = list(rng.choice(account.contacts, size=int(rng.integers(1, 3)), replace=False))
+                    self.message(account, self._office_time(day), to, False, reply_rate=0.3, open_rate=0.6)
+            elif account.kind == "business":
+                for _ in range(rng.poisson(20 if weekday else 3)):
+                    to = list(rng.choice(account.contacts, size=int(rng.integers(1, 5)), replace=False))
+                    self.message(account, self._office_time(day), to, False, reply_rate=0.15, open_rate=0.5)
+            elif account.kind == "newsletter" and day % 7 == 1:
+                at = START + day * DAY + 9 * HOUR
+                for chunk in range(0, len(account.contacts), 50):
+                    to = account.contacts[chunk : chunk + 50]
+                    self.message(
+                        account, at + chunk * 2, to, False, invalid_share=0.01, complaint_rate=0.001, open_rate=0.25
+                    )
+            elif account.kind == "transactional":
+                for _ in range(rng.poisson(60)):
+                    self.message(
+                        account, self._any_time(day), [self._address(4_000)], False, invalid_share=0.01, open_rate=0.4
+                    )
+            elif account.kind == "php_form":
+                for _ in range(rng.poisson(3)):
+                    self.message(account, self._any_time(day), account.contacts[:1], False, reply_rate=0.1)
+            elif account.kind == "new_account":
+                ramp = day - account.start_day + 1
+                for _ in range(rng.poisson(min(2 * ramp, 10))):
+                    to = list(rng.choice(account.contacts, size=int(rng.integers(1, 3)), replace=False))
+                    self.message(account, self._office_time(day), to, False, reply_rate=0.2, open_rate=0.5)
+
+    # -- legitimate surprises
+    def surprise(self, account: Account) -> None:
+        rng = self.rng
+        day = int(rng.integers(1, max(2, self.config.days)))
+        if account.kind == "newsletter":
+            account.surprises.append("newsletter_first_send")
+            at = START + day * DAY + 10 * HOUR
+            big = [self._address(2_000) for _ in range(3_000)]
+            for chunk in range(0, len(big), 50):
+                self.message(
+                    account,
+                    at + chunk,
+                    big[chunk : chunk + 50],
+                    False,
+                    invalid_share=0.03,
+                    complaint_rate=0.002,
+                    open_rate=0.2,
+                )
+        elif account.kind in ("personal", "business", "new_account") and account.contacts:
+            if rng.random() < 0.5:
+                account.surprises.append("holiday_greeting")
+                at = self._office_time(day)
+                for chunk in range(0, len(account.contacts), 20):
+                    self.message(
+                        account, at + chunk, account.contacts[chunk : chunk + 20], False, reply_rate=0.2, open_rate=0.7
+                    )
+            else:
+                account.surprises.append("back_from_holiday")
+                account.away = (START, START + day * DAY)
+        elif account.kind == "transactional":
+            account.surprises.append("transactional_spike")
+            at = START + day * DAY + 12 * HOUR
+            for k in range(600):
+                self.message(account, at + k * 6, [self._address(4_000)], False, invalid_share=0.01, open_rate=0.4)
+
+    # -- compromises
+    def episode(self, account: Account, kind: str, start: float, campaign_ref: str | None = None) -> None:
+        rng = self.rng
+        episode_id = f"{kind}:{account.name}"
+        record: dict[str, Any] = {"kind": kind, "start": start, "identity": account.name}
+        if kind == "stolen_password_burst":
+            ips = [self._ip() for _ in range(40)]
+            for k in range(int(rng.integers(150, 600))):
+                to = [self._address(5_000) for _ in range(int(rng.integers(5, 30)))]
+                self.message(
+                    account,
+                    start + k * float(rng.uniform(5, 40)),
+                    to,
+                    True,
+                    client_ip=str(rng.choice(ips)),
+                    episode=episode_id,
+                    invalid_share=0.25,
+                    complaint_rate=0.01,
+                )
+        elif kind == "slow_drip":
+            for day in range(self.config.days):
+                at_day = START + day * DAY
+                if at_day + DAY < start:
+                    continue
+                for _ in range(rng.poisson(8)):
+                    at = max(start, self._office_time(day))
+                    to = [self._address(5_000) for _ in range(int(rng.integers(1, 4)))]
+                    self.message(account, at, to, True, episode=episode_id, invalid_share=0.15, complaint_rate=0.01)
+        elif kind == "php_mailer":
+            script = (
+                f"{account.name.split(':', 1)[0]}:/home/{account.name.split(':', 1)[0]}/public_html/wp-content/"
+                "uploads/.cache/mailer.php"
+            )
+            record["identity"] = script
+            for k in range(int(rng.integers(200, 800))):
+                self.message(
+                    account,
+                    start + k * float(rng.uniform(2, 20)),
+                    [self._address(5_000)],
+                    True,
+                    php_script=script,
+                    episode=f"{kind}:{script}",
+                    invalid_share=0.3,
+                    complaint_rate=0.01,
+                )
+        elif kind == "contact_phishing":
+            for k, contact in enumerate(account.contacts):
+                self.message(
+                    account,
+                    start + k * float(rng.uniform(20, 120)),
+                    [contact],
+                    True,
+                    episode=episode_id,
+                    invalid_share=0.02,
+                    complaint_rate=0.03,
+                )
+        elif kind == "campaign":
+            for k in range(int(rng.integers(40, 120))):
+                to = [self._address(5_000) for _ in range(int(rng.integers(3, 10)))]
+                self.message(
+                    account,
+                    start + k * float(rng.uniform(10, 60)),
+                    to,
+                    True,
+                    content_ref=campaign_ref,
+                    episode=episode_id,
+                    invalid_share=0.2,
+                    complaint_rate=0.01,
+                )
+        account.episodes.append(record)
+
+    def run(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        accounts = self.accounts()
+        for account in accounts:
+            self.legitimate(account)
+        n = len(accounts)
+        picked = self.rng.permutation(n)
+        compromised = picked[: int(n * self.config.compromised_share)]
+        surprised = picked[len(compromised) : len(compromised) + int(n * self.config.surprise_share)]
+        for i in surprised:
+            self.surprise(accounts[i])
+        for i in compromised:
+            account = accounts[i]
+            kinds = (
+                ["php_mailer"]
+                if account.kind == "php_form"
+                else [k for k in EPISODES if k not in ("php_mailer", "campaign")]
+            )
+            if account.kind not in ("personal", "business", "new_account"):
+                kinds = [k for k in kinds if k != "contact_phishing"] or kinds
+            start = START + float(self.rng.uniform(0.5, max(1.0, self.config.days - 1.5))) * DAY
+            self.episode(account, str(self.rng.choice(kinds)), start)
+        campaign_pool = [a for j, a in enumerate(accounts) if j not in set(compromised) and a.kind != "php_form"]
+        if campaign_pool and self.config.campaign_accounts:
+            start = START + float(self.rng.uniform(1.0, max(1.5, self.config.days - 1))) * DAY
+            ref = self.pools.spam[int(self.rng.integers(0, len(self.pools.spam)))]
+            chosen = self.rng.choice(
+                len(campaign_pool), size=min(self.config.campaign_accounts, len(campaign_pool)), replace=False
+            )
+            for j in chosen:
+                self.episode(campaign_pool[j], "campaign", start + float(self.rng.uniform(0, 1_800)), ref)
+        self.events.sort(key=lambda e: (e[0], e[1]))
+        truth = [
+            {
+                "relay": a.relay,
+                "account": a.name,
+                "kind": a.kind,
+                "episodes": a.episodes,
+                "surprises": a.surprises,
+                "active_from": START + a.start_day * DAY,
+            }
+            for a in accounts
+        ]
+        return [e for _, _, e in self.events], truth
+
+
+def simulate(config: SimulationConfig, pools: ContentPools) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(time-ordered events, per-account truth)."""
+    return _Simulation(config, pools).run()
+
+
+def fingerprint(events: list[dict[str, Any]]) -> str:
+    """A digest of a log: the same seed must give the same one."""
+    import orjson
+
+    digest = hashlib.sha256()
+    for event in events:
+        digest.update(orjson.dumps(event, option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()
+
+
+def iter_jsonl(events: list[dict[str, Any]]) -> Iterator[bytes]:
+    import orjson
+
+    for event in events:
+        yield orjson.dumps(event) + b"\n"
