@@ -1,0 +1,71 @@
+"""The simulator: deterministic, realistic in shape, content pools kept apart; and a small replay through it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from service.settings import PROJECT_ROOT, Settings
+from training.dataset import build_corpus_dataset
+from training.replay import account_metrics, corpus_resolver, replay_sync
+from training.simulator import EPISODES, KINDS, SimulationConfig, content_pools, fingerprint, simulate
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    from tests.conftest import DATA_DIR, require_corpus
+
+    require_corpus()
+    return build_corpus_dataset(DATA_DIR, PROJECT_ROOT / ".cache")
+
+
+def test_the_same_seed_gives_the_same_log(frame: pd.DataFrame) -> None:
+    pools = content_pools(frame, "eval")
+    config = SimulationConfig(accounts=80, days=2, seed=5)
+    first, _ = simulate(config, pools)
+    again, _ = simulate(config, pools)
+    other, _ = simulate(SimulationConfig(accounts=80, days=2, seed=6), pools)
+    assert fingerprint(first) == fingerprint(again) != fingerprint(other)
+
+
+def test_training_and_evaluation_content_never_meet(frame: pd.DataFrame) -> None:
+    evaluation, training = content_pools(frame, "eval"), content_pools(frame, "train")
+    assert not set(evaluation.ham + evaluation.spam) & set(training.ham + training.spam)
+    test_refs = set(frame.loc[frame["split"] == "test", "source"] + "/" + frame.loc[frame["split"] == "test", "name"])
+    assert set(evaluation.ham + evaluation.spam) <= test_refs  # the model never trained on them
+
+
+def test_a_provider_has_every_kind_of_sender_compromise_and_surprise(frame: pd.DataFrame) -> None:
+    events, truth = simulate(SimulationConfig(accounts=400, days=7, seed=2), content_pools(frame, "eval"))
+    assert {a["kind"] for a in truth} == set(KINDS)
+    assert {e["kind"] for a in truth for e in a["episodes"]} == set(EPISODES)
+    surprises = Counter(s for a in truth for s in a["surprises"])
+    assert len(surprises) >= 3
+    times = [e["message"]["timestamp"] if e["type"] == "message" else e["event"]["timestamp"] for e in events]
+    assert times == sorted(times)
+    sent_at = {e["message"]["message_id"]: e["message"]["timestamp"] for e in events if e["type"] == "message"}
+    assert all(e["event"]["timestamp"] >= sent_at[e["event"]["message_id"]] for e in events if e["type"] == "feedback")
+    spam = [e for e in events if e["type"] == "message" and e["truth"]["spam"]]
+    assert all(e["truth"]["episode"] for e in spam)
+    bounces = Counter(e["event"]["type"] for e in events if e["type"] == "feedback")
+    assert {"delivered", "bounce", "complaint", "reply", "open"} <= set(bounces)
+
+
+def test_a_replay_catches_the_compromised_and_spares_the_rest(frame: pd.DataFrame, tmp_path: Path) -> None:
+    from tests.conftest import DATA_DIR
+
+    events, truth = simulate(
+        SimulationConfig(accounts=120, days=2, seed=11, compromised_share=0.08), content_pools(frame, "eval")
+    )
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'r.db'}", state_dir=tmp_path, data_dir=DATA_DIR)
+    result = replay_sync(events, settings, corpus_resolver(DATA_DIR, PROJECT_ROOT / ".cache"))
+    metrics = account_metrics(result, truth, days=2)
+    assert metrics["compromised_identities"] >= 5
+    assert len(metrics["never_caught"]) <= metrics["compromised_identities"] // 5
+    assert metrics["spam_accepted_before_lock"]["median"] <= 3
+    assert metrics["false_locks"] <= 1
+    assert metrics["message_level"]["roc_auc"] > 0.97
+    assert metrics["feedback_dropped"] > 0  # feedback about mail that never left is not applied
