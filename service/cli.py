@@ -150,29 +150,61 @@ def simulate(
 def replay(
     log: Annotated[Path, typer.Argument(help="A folder written by `outguard simulate`")] = Path("var/sim"),
     auto_lock: Annotated[bool, typer.Option(help="Lock accounts once recommended")] = True,
+    url: Annotated[str | None, typer.Option(help="Replay over HTTP against this running server")] = None,
+    token: Annotated[str | None, typer.Option(help="Bearer token for --url (scopes score and feedback)")] = None,
+    sweep: Annotated[
+        Path | None, typer.Option(help="Also sweep the lock threshold (auto-lock off) and plot it to this PNG")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
-    """Replay a simulated log through the service in process; report per-account metrics."""
+    """Replay a simulated log through the service; report per-account metrics."""
     import tempfile
 
+    import numpy as np
     import orjson
     from rich.progress import Progress
 
-    from training.replay import account_metrics, corpus_resolver, replay_sync
+    from training.replay import (
+        account_metrics,
+        corpus_resolver,
+        plot_sweep,
+        replay_http,
+        replay_sync,
+        threshold_sweep,
+    )
 
     truth = json.loads((log / "truth.json").read_text())
+    days = truth["config"]["days"]
     events = [orjson.loads(line) for line in (log / "events.jsonl").open("rb")]
     base = Settings()
-    with tempfile.TemporaryDirectory(prefix="outguard-replay-") as tmp:
-        policy = base.relay_policy.model_copy(update={"auto_lock": auto_lock})
-        settings = base.model_copy(
-            update={"database_url": f"sqlite:///{tmp}/replay.db", "state_dir": Path(tmp), "relay_policy": policy}
-        )
-        resolve = corpus_resolver(settings.data_dir, settings.cache_dir)
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("replaying", total=len(events))
-            result = replay_sync(events, settings, resolve, lambda n: bar.update(task, completed=n + 1))
-    metrics = account_metrics(result, truth["accounts"], truth["config"]["days"])
+    resolve = corpus_resolver(base.data_dir, base.cache_dir)
+
+    def run(lock: bool, label: str):
+        with (
+            tempfile.TemporaryDirectory(prefix="outguard-replay-") as tmp,
+            Progress(console=console, transient=True) as bar,
+        ):
+            task = bar.add_task(label, total=len(events))
+            advance = lambda n: bar.update(task, completed=n + 1)  # noqa: E731
+            if url is not None:
+                return replay_http(events, url, resolve, token, advance)
+            policy = base.relay_policy.model_copy(update={"auto_lock": lock})
+            settings = base.model_copy(
+                update={"database_url": f"sqlite:///{tmp}/replay.db", "state_dir": Path(tmp), "relay_policy": policy}
+            )
+            return replay_sync(events, settings, resolve, advance)
+
+    metrics = account_metrics(run(auto_lock, "replaying"), truth["accounts"], days)
+    if sweep is not None:
+        if url is not None:
+            raise typer.BadParameter("--sweep needs the in-process replay (the evidence is not in the API)")
+        unlocked = run(False, "replaying with auto-lock off, for the sweep")
+        thresholds = np.round(np.linspace(4.0, 22.0, 13), 1)
+        rows = threshold_sweep(unlocked, truth["accounts"], days, thresholds)
+        plot_sweep(rows, base.lock_threshold, sweep)
+        metrics["threshold_sweep"] = rows
+        if not as_json:
+            console.print(f"sweep plotted to {sweep}")
     if as_json:
         print(json.dumps(metrics, indent=2))
         return

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +75,43 @@ def make_raw(
         f"Message-ID: <abc123@example.net>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
         f"{extra_headers}\r\n{body}"
     )
+
+
+@contextlib.contextmanager
+def server_process(state: Path, tokens: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real `outguard serve` on a free port, with its own database; yields (url, process) once ready."""
+    import httpx2 as httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environment = {
+        **os.environ,
+        "OUTGUARD_DATABASE_URL": f"sqlite:///{state / 'events.db'}",
+        "OUTGUARD_STATE_DIR": str(state),
+        "OUTGUARD_TOKENS": tokens,
+        **env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        env=environment,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail(f"server did not start: {process.stdout.read().decode() if process.stdout else ''}")
+    try:
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()

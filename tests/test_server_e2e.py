@@ -2,62 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
-from service.settings import PROJECT_ROOT
 from service.stores.sqlite_events import read_scored
-from tests.conftest import make_raw
+from tests.conftest import make_raw, server_process
 from training.modern_mail import ham_messages, spam_messages
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "OUTGUARD_DATABASE_URL": f"sqlite:///{tmp_path / 'events.db'}",
-        "OUTGUARD_STATE_DIR": str(tmp_path),
-        "OUTGUARD_TOKENS": '{"relay-secret": ["score"]}',
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-        env=env,
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail(f"server did not start: {process.stdout.read().decode() if process.stdout else ''}")
-    yield url, process, tmp_path / "events.db"
-    if process.poll() is None:
-        process.kill()
+    with server_process(tmp_path, '{"relay-secret": ["score"]}') as (url, process):
+        yield url, process, tmp_path / "events.db"
 
 
 def test_a_relay_scores_real_messages_and_every_one_is_logged(server) -> None:

@@ -247,3 +247,164 @@ def account_metrics(result: ReplayResult, truth: list[dict[str, Any]], days: flo
         "feedback_applied": result.feedback_applied,
         "feedback_dropped": result.feedback_dropped,
     }
+
+
+# -- the lock threshold as a dial
+
+
+def threshold_sweep(
+    result: ReplayResult, truth: list[dict[str, Any]], days: float, thresholds: Iterable[float]
+) -> list[dict[str, Any]]:
+    """Detection delay and false locks at other lock thresholds, from a replay with auto-lock off.
+
+    With auto-lock off every account keeps its evidence trajectory; at threshold h an
+    account would have been locked at its first message whose evidence reached h, and
+    every spam message it got out before that counts as accepted.
+    """
+    by_identity: dict[tuple[str, str], list[MessageOutcome]] = defaultdict(list)
+    for outcome in result.outcomes:
+        by_identity[(outcome.relay, outcome.account)].append(outcome)
+    episodes = [(a["relay"], e) for a in truth for e in a["episodes"]]
+    compromised = {(relay, e["identity"]) for relay, e in episodes}
+    legitimate = [a for a in truth if (a["relay"], a["account"]) not in compromised]
+    first = min(a["active_from"] for a in truth)
+    account_days = sum(max(0.0, days - (a["active_from"] - first) / DAY) for a in legitimate)
+    peak = {key: max((o.evidence for o in stream), default=0.0) for key, stream in by_identity.items()}
+    rows = []
+    for h in thresholds:
+        delays, missed = [], 0
+        for relay, episode in episodes:
+            stream = [o for o in by_identity.get((relay, episode["identity"]), []) if o.at >= episode["start"]]
+            if not any(o.spam for o in stream):
+                continue
+            locked_at = next((o.at for o in stream if o.evidence >= h), None)
+            missed += locked_at is None
+            delays.append(
+                sum(1 for o in stream if o.spam and o.action == "accept" and (locked_at is None or o.at <= locked_at))
+            )
+        false_locks = sum(1 for a in legitimate if peak.get((a["relay"], a["account"]), 0.0) >= h)
+        rows.append(
+            {
+                "threshold": round(float(h), 2),
+                "false_locks_per_1000_account_days": 1000 * false_locks / account_days if account_days else 0.0,
+                "median_spam_before_lock": _percentile(delays, 50),
+                "p90_spam_before_lock": _percentile(delays, 90),
+                "never_caught": missed,
+            }
+        )
+    return rows
+
+
+def plot_sweep(rows: list[dict[str, Any]], chosen: float, path: Path) -> None:
+    """Two panels: both costs against the threshold, and the trade-off between them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = [r["threshold"] for r in rows]
+    false_locks = [r["false_locks_per_1000_account_days"] for r in rows]
+    median = [r["median_spam_before_lock"] or 0 for r in rows]
+    p90 = [r["p90_spam_before_lock"] or 0 for r in rows]
+    fig, (by_threshold, tradeoff) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    by_threshold.plot(h, median, marker="o", label="median spam accepted before lock")
+    by_threshold.plot(h, p90, marker="s", label="p90 spam accepted before lock")
+    by_threshold.set_xlabel("lock threshold h (nats)")
+    by_threshold.set_ylabel("spam messages accepted before lock")
+    by_threshold.axvline(chosen, color="grey", linestyle=":", label=f"default h = {chosen:.1f}")
+    twin = by_threshold.twinx()
+    twin.plot(h, false_locks, color="tab:red", marker="^", label="false locks / 1,000 account-days")
+    twin.set_ylabel("false locks per 1,000 legitimate account-days", color="tab:red")
+    twin.set_ylim(bottom=0, top=max(1.0, max(false_locks) * 1.2))
+    lines = by_threshold.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    by_threshold.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="upper center")
+    by_threshold.set_title("Both costs as the threshold moves")
+    tradeoff.plot(false_locks, p90, marker="s", color="tab:orange", label="p90")
+    tradeoff.plot(false_locks, median, marker="o", color="tab:blue", label="median")
+    for r, y in zip(rows, p90, strict=True):
+        tradeoff.annotate(
+            f"{r['threshold']:g}",
+            (r["false_locks_per_1000_account_days"], y),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(3, 3),
+        )
+    tradeoff.set_xlabel("false locks per 1,000 legitimate account-days")
+    tradeoff.set_ylabel("spam messages accepted before lock")
+    tradeoff.set_title("Detection delay against false locks (labels: h)")
+    tradeoff.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -- over HTTP, against a running server
+
+
+def replay_http(
+    events: Iterable[dict[str, Any]],
+    url: str,
+    resolve: Callable[[str], bytes],
+    token: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ReplayResult:
+    """The same replay through a server's API: `/v1/score` per message, `/v1/feedback/batch` for feedback.
+
+    The evidence is not in the API, so `MessageOutcome.evidence` holds the answer's
+    account_risk (capped at 1): enough for the headline metrics, not for a sweep.
+    """
+    import base64
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    result = ReplayResult()
+    sent: set[str] = set()
+    pending: list[dict[str, Any]] = []
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+
+        def flush_feedback() -> None:
+            for start in range(0, len(pending), 1_000):
+                response = client.post("/v1/feedback/batch", json={"events": pending[start : start + 1_000]})
+                response.raise_for_status()
+            result.feedback_applied += len(pending)
+            pending.clear()
+
+        for n, event in enumerate(events):
+            if event["type"] == "feedback":
+                if event["event"]["message_id"] in sent:
+                    pending.append(event["event"])
+                else:
+                    result.feedback_dropped += 1
+                continue
+            flush_feedback()
+            message = dict(event["message"])
+            content = resolve(event["content_ref"])
+            if script := message.pop("php_script", None):
+                content = f"X-PHP-Originating-Script: {script}\r\n".encode() + content
+            message["raw_base64"] = base64.b64encode(content).decode()
+            response = client.post("/v1/score", json=message)
+            response.raise_for_status()
+            answer = response.json()
+            truth = event["truth"]
+            result.outcomes.append(
+                MessageOutcome(
+                    at=_time(message["timestamp"]),
+                    relay=message["relay"],
+                    account=answer["account"],
+                    truth_account=truth["account"],
+                    spam=bool(truth["spam"]),
+                    episode=truth["episode"],
+                    kind=truth["kind"],
+                    probability=answer["spam_probability"],
+                    action=answer["action"],
+                    locked=answer["account_locked"],
+                    evidence=answer["account_risk"],
+                )
+            )
+            if answer["action"] == "accept":
+                sent.add(message["message_id"])
+            if progress is not None:
+                progress(n)
+        flush_feedback()
+    return result

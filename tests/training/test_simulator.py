@@ -69,3 +69,41 @@ def test_a_replay_catches_the_compromised_and_spares_the_rest(frame: pd.DataFram
     assert metrics["false_locks"] <= 1
     assert metrics["message_level"]["roc_auc"] > 0.97
     assert metrics["feedback_dropped"] > 0  # feedback about mail that never left is not applied
+
+
+def test_a_replay_over_http_against_a_running_server(frame: pd.DataFrame, tmp_path: Path) -> None:
+    from tests.conftest import DATA_DIR, server_process
+    from training.replay import replay_http
+
+    events, truth = simulate(
+        SimulationConfig(accounts=30, days=1, seed=4, compromised_share=0.1), content_pools(frame, "eval")
+    )
+    with server_process(tmp_path, '{"replayer": ["score", "feedback"]}') as (url, _):
+        result = replay_http(events, url, corpus_resolver(DATA_DIR, PROJECT_ROOT / ".cache"), token="replayer")
+    messages = sum(1 for e in events if e["type"] == "message")
+    assert len(result.outcomes) == messages
+    assert result.feedback_applied > 0
+    metrics = account_metrics(result, truth, days=1)
+    assert metrics["message_level"]["roc_auc"] > 0.97
+
+
+def test_the_threshold_sweep_trades_delay_for_false_locks(frame: pd.DataFrame, tmp_path: Path) -> None:
+    from tests.conftest import DATA_DIR
+    from training.replay import plot_sweep, threshold_sweep
+
+    config = SimulationConfig(accounts=60, days=2, seed=8, compromised_share=0.1)
+    events, truth = simulate(config, content_pools(frame, "eval"))
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 's.db'}", state_dir=tmp_path, data_dir=DATA_DIR)
+    unlocked = settings.model_copy(
+        update={"relay_policy": settings.relay_policy.model_copy(update={"auto_lock": False})}
+    )
+    result = replay_sync(events, unlocked, corpus_resolver(DATA_DIR, PROJECT_ROOT / ".cache"))
+    rows = threshold_sweep(result, truth, 2, [2.0, 6.0, 10.6, 30.0])
+    false_locks = [r["false_locks_per_1000_account_days"] for r in rows]
+    p90 = [r["p90_spam_before_lock"] for r in rows]
+    missed = [r["never_caught"] for r in rows]
+    assert false_locks == sorted(false_locks, reverse=True)
+    assert p90 == sorted(p90)
+    assert missed == sorted(missed)
+    plot_sweep(rows, 10.6, tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
