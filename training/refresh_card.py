@@ -1,24 +1,50 @@
-"""Re-measure a bundle's check-set scores and rewrite its bundle.json and model card (no retraining).
+"""Re-measure a bundle's check-set scores, optionally attach a replay's account-level figures,
+and rewrite its bundle.json and model card (no retraining).
 
-Usage: python -m training.refresh_card [BUNDLE_DIR]
+Usage: python -m training.refresh_card [BUNDLE_DIR] [--replay REPLAY.json --command "outguard ..."]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
 from pathlib import Path
 
 from models.bundle import DEFAULT_BUNDLE_DIR, load_bundle, save_bundle
 from training.evaluate import score_modern_mail
 from training.model_card import write_model_card
 
+REPLAY_KEYS = (
+    "messages",
+    "spam_messages",
+    "message_level",
+    "compromised_identities",
+    "spam_accepted_before_lock",
+    "minutes_to_lock",
+    "never_caught",
+    "legitimate_accounts",
+    "legitimate_account_days",
+    "false_locks",
+    "false_locks_per_1000_account_days",
+    "false_locks_by_kind",
+)
 
-def refresh(directory: Path) -> None:
+
+def refresh(directory: Path, replay: Path | None = None, command: str | None = None) -> None:
     bundle = load_bundle(directory)
     bundle.metrics["modern_mail"] = score_modern_mail(bundle)
+    if replay is not None:
+        measured = json.loads(replay.read_text())
+        bundle.metrics["account_replay"] = {key: measured[key] for key in REPLAY_KEYS if key in measured}
+        bundle.metrics["account_replay"]["command"] = command or ""
     save_bundle(bundle, directory)
     write_model_card(bundle, directory)
 
 
 if __name__ == "__main__":
-    refresh(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_BUNDLE_DIR)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("directory", nargs="?", type=Path, default=DEFAULT_BUNDLE_DIR)
+    parser.add_argument("--replay", type=Path, default=None)
+    parser.add_argument("--command", default=None)
+    args = parser.parse_args()
+    refresh(args.directory, args.replay, args.command)
