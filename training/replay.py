@@ -116,10 +116,12 @@ async def replay(
                     continue
                 detail = f.get("detail", {})
                 if f["type"] == "bounce":
+                    status = detail.get("status", "")
+                    hard = status.startswith("5")
                     detail = {
                         **detail,
-                        "bounce_class": "hard",
-                        "invalid_recipient": detail.get("status", "").startswith("5.1."),
+                        "bounce_class": "hard" if hard else "soft",
+                        "invalid_recipient": hard and status.startswith("5.1."),
                     }
                 pending.append(
                     FeedbackEvent(

@@ -41,6 +41,8 @@ KINDS = {  # kind: share of accounts
     "new_account": 0.10,
 }
 EPISODES = ("stolen_password_burst", "slow_drip", "php_mailer", "contact_phishing", "campaign")
+SOFT_BOUNCE_RATE = 0.003
+CLICK_SHARE_OF_OPENS = 0.15
 SURPRISES = ("newsletter_first_send", "holiday_greeting", "transactional_spike", "back_from_holiday")
 
 
@@ -91,6 +93,7 @@ class _Simulation:
         self.events: list[tuple[float, int, dict[str, Any]]] = []
         self.sequence = 0
         self.message_count = 0
+        self.last_spam_at: dict[str, float] = {}
 
     # -- small helpers
     def _emit(self, at: float, event: dict[str, Any]) -> None:
@@ -155,11 +158,12 @@ class _Simulation:
         complaint_rate: float = 0.0005,
         reply_rate: float = 0.0,
         open_rate: float = 0.0,
-    ) -> None:
+        unsubscribe_rate: float = 0.0,
+    ) -> str | None:
         if at >= self.end or at < START:
-            return
+            return None
         if account.away and account.away[0] <= at < account.away[1] and not spam:
-            return
+            return None
         pool = self.pools.spam if spam else self.pools.ham
         ref = content_ref or pool[int(self.rng.integers(0, len(pool)))]
         self.message_count += 1
@@ -177,6 +181,8 @@ class _Simulation:
         else:
             request["sasl_username"] = identity or account.name
         truth_account = php_script or (identity or account.name)
+        if spam:
+            self.last_spam_at[truth_account] = max(at, self.last_spam_at.get(truth_account, at))
         self._emit(
             at,
             {
@@ -186,7 +192,10 @@ class _Simulation:
                 "truth": {"spam": int(spam), "episode": episode, "account": truth_account, "kind": account.kind},
             },
         )
-        self.feedback(message_id, at, recipients, invalid_share, complaint_rate, reply_rate, open_rate)
+        self.feedback(
+            message_id, at, recipients, invalid_share, complaint_rate, reply_rate, open_rate, unsubscribe_rate
+        )
+        return message_id
 
     def feedback(
         self,
@@ -197,6 +206,7 @@ class _Simulation:
         complaint_rate: float,
         reply_rate: float,
         open_rate: float,
+        unsubscribe_rate: float = 0.0,
     ) -> None:
         rng = self.rng
         for n, recipient in enumerate(recipients):
@@ -214,6 +224,11 @@ class _Simulation:
                     },
                 )
                 continue
+            if rng.random() < SOFT_BOUNCE_RATE:  # a full mailbox
+                soft = {"status": "4.2.2", "smtp_code": 452}
+                bounce = {**base, "event_id": event_id + "/s", "type": "bounce", "detail": soft}
+                self._feedback(at + float(rng.uniform(60, 3_600)), bounce)
+                continue
             self._feedback(at + float(rng.uniform(1, 120)), {**base, "event_id": event_id + "/d", "type": "delivered"})
             if rng.random() < complaint_rate:
                 self._feedback(
@@ -224,9 +239,14 @@ class _Simulation:
                     at + float(rng.uniform(600, DAY)), {**base, "event_id": event_id + "/r", "type": "reply"}
                 )
             if rng.random() < open_rate:
-                self._feedback(
-                    at + float(rng.uniform(60, 12 * HOUR)), {**base, "event_id": event_id + "/o", "type": "open"}
-                )
+                opened = at + float(rng.uniform(60, 12 * HOUR))
+                self._feedback(opened, {**base, "event_id": event_id + "/o", "type": "open"})
+                if rng.random() < CLICK_SHARE_OF_OPENS:
+                    clicked = opened + float(rng.uniform(5, 600))
+                    self._feedback(clicked, {**base, "event_id": event_id + "/k", "type": "click"})
+            if rng.random() < unsubscribe_rate:
+                left = at + float(rng.uniform(HOUR, DAY))
+                self._feedback(left, {**base, "event_id": event_id + "/u", "type": "unsubscribe"})
 
     def _feedback(self, at: float, event: dict[str, Any]) -> None:
         if at < self.end:
@@ -250,7 +270,14 @@ class _Simulation:
                 for chunk in range(0, len(account.contacts), 50):
                     to = account.contacts[chunk : chunk + 50]
                     self.message(
-                        account, at + chunk * 2, to, False, invalid_share=0.01, complaint_rate=0.001, open_rate=0.25
+                        account,
+                        at + chunk * 2,
+                        to,
+                        False,
+                        invalid_share=0.01,
+                        complaint_rate=0.001,
+                        open_rate=0.25,
+                        unsubscribe_rate=0.002,
                     )
             elif account.kind == "transactional":
                 for _ in range(rng.poisson(60)):
@@ -370,6 +397,7 @@ class _Simulation:
                     invalid_share=0.2,
                     complaint_rate=0.01,
                 )
+        record["end"] = self.last_spam_at.get(record["identity"], start)
         account.episodes.append(record)
 
     def run(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

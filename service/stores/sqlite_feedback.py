@@ -85,7 +85,9 @@ SELECT s.id, s.ts, s.relay, s.account, s.message_id, s.feature_spec_version, s.f
     (SELECT count(*) FROM feedback_events f WHERE f.type = 'complaint' AND f.message_id = s.message_id
         AND f.relay = s.relay) AS complaints,
     (SELECT l.label FROM labels l WHERE l.target = 'account' AND l.relay = s.relay AND l.account = s.account
-        ORDER BY l.ts DESC LIMIT 1) AS account_verdict
+        ORDER BY l.ts DESC LIMIT 1) AS account_verdict,
+    EXISTS (SELECT 1 FROM audit_log a WHERE a.relay = s.relay AND a.account = s.account
+        AND a.action IN ('locked', 'locked_temporary') AND a.actor != 'outguard') AS lock_confirmed
 FROM scored_messages s
 WHERE s.features IS NOT NULL
 ORDER BY s.id
@@ -97,7 +99,8 @@ def training_labels(database: SqliteDatabase) -> list[dict[str, Any]]:
 
     `label` is 1 (spam) for a message an admin called spam or a recipient complained
     about, 0 for one an admin called ham, None while nothing is known. The account's
-    latest verdict comes alongside: training decides how to use it.
+    latest verdict and whether a person locked it (`lock_confirmed`: an admin's lock in
+    the audit log) come alongside: training decides how to use them.
     """
 
     def query(connection: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -105,6 +108,7 @@ def training_labels(database: SqliteDatabase) -> list[dict[str, Any]]:
         for row in connection.execute(_TRAINING_LABELS):
             record = dict(row)
             record["features"] = orjson.loads(record["features"])
+            record["lock_confirmed"] = bool(record["lock_confirmed"])
             verdict = record["message_verdict"]
             if verdict == "spam" or (verdict is None and record["complaints"] > 0):
                 record["label"] = 1

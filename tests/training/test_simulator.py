@@ -51,7 +51,12 @@ def test_a_provider_has_every_kind_of_sender_compromise_and_surprise(frame: pd.D
     spam = [e for e in events if e["type"] == "message" and e["truth"]["spam"]]
     assert all(e["truth"]["episode"] for e in spam)
     bounces = Counter(e["event"]["type"] for e in events if e["type"] == "feedback")
-    assert {"delivered", "bounce", "complaint", "reply", "open"} <= set(bounces)
+    assert {"delivered", "bounce", "complaint", "reply", "open", "click", "unsubscribe"} <= set(bounces)
+    statuses = {
+        e["event"]["detail"]["status"] for e in events if e["type"] == "feedback" and e["event"]["type"] == "bounce"
+    }
+    assert {"5.1.1", "4.2.2"} <= statuses  # hard and soft
+    assert all(e["end"] >= e["start"] for a in truth for e in a["episodes"])
 
 
 def test_a_replay_catches_the_compromised_and_spares_the_rest(frame: pd.DataFrame, tmp_path: Path) -> None:
