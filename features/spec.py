@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-FEATURE_SPEC_VERSION = "2"
+FEATURE_SPEC_VERSION = "3"
 
 
 class Group(StrEnum):
@@ -25,6 +25,7 @@ class Group(StrEnum):
     MIME = "mime"
     BEHAVIOUR = "behaviour"
     ENGAGEMENT = "engagement"
+    FINGERPRINT = "fingerprint"
 
 
 class Kind(StrEnum):
@@ -171,6 +172,23 @@ FEATURES: tuple[Feature, ...] = (
     Feature("eng_click_rate", _R, Group.ENGAGEMENT, "Smoothed share of recipients that clicked", 0.02),
     Feature("eng_recipients_log", _F, Group.ENGAGEMENT, "log1p of the decayed recipients behind the rates"),
     Feature("eng_feedback_log", _F, Group.ENGAGEMENT, "log1p of the decayed feedback events received"),
+    # -- content fingerprints: the nearest known-spam signature, and the same content
+    # leaving other accounts (`features.fingerprint`, `service.fingerprints`)
+    Feature("sig_similarity", _R, Group.FINGERPRINT, "Similarity to the nearest known-spam signature (0: no match)"),
+    Feature(
+        "sig_age_days_log",
+        _F,
+        Group.FINGERPRINT,
+        "log1p of the days since the matched signature was added (-1: no match)",
+        neutral=-1.0,
+    ),
+    Feature("sig_hits_log", _F, Group.FINGERPRINT, "log1p of the times the matched signature matched mail before"),
+    Feature(
+        "campaign_accounts_log",
+        _F,
+        Group.FINGERPRINT,
+        "log1p of the other accounts that sent this content in the last hour",
+    ),
 )
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)

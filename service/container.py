@@ -12,6 +12,7 @@ from pathlib import Path
 from models.bundle import load_bundle
 from service.decision import DecisionPolicy
 from service.feedback.ingest import FeedbackIngestor
+from service.fingerprints.service import FingerprintService
 from service.metrics import Metrics
 from service.scoring import ModelHolder, Scorer
 from service.settings import Settings
@@ -27,6 +28,7 @@ from service.stores.sqlite_accounts import SqliteAccountLedger
 from service.stores.sqlite_events import SqliteEventLog
 from service.stores.sqlite_feedback import SqliteFeedbackLog, SqliteLabelStore
 from service.stores.sqlite_rules import SqliteIdentityRules
+from service.stores.sqlite_signatures import SqliteSignatureStore
 from service.webhooks.outbox import Dispatcher, WebhookNotifier, WebhookStore
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class Container:
     metrics: Metrics
     scorer: Scorer
     ingestor: FeedbackIngestor
+    fingerprints: FingerprintService | None = None
 
     def close(self) -> None:
         self.database.close()
@@ -100,6 +103,11 @@ def build_container(settings: Settings) -> Container:
     webhooks = WebhookStore(database)
     notifier = WebhookNotifier(webhooks, settings)
     model = ModelHolder(bundle)
+    fingerprints = (
+        FingerprintService(settings.fingerprint_policy, SqliteSignatureStore(database))
+        if settings.fingerprints
+        else None
+    )
     scorer = Scorer(
         model=model,
         behaviour=behaviour,
@@ -123,9 +131,16 @@ def build_container(settings: Settings) -> Container:
         policies=settings.policy_for,
         notifier=notifier,
         store_subjects=settings.store_subjects,
+        fingerprints=fingerprints,
     )
     ingestor = FeedbackIngestor(
-        scored=events, index=index, feedback=feedback, engagement=engagement, metrics=metrics, notifier=notifier
+        scored=events,
+        index=index,
+        feedback=feedback,
+        engagement=engagement,
+        metrics=metrics,
+        notifier=notifier,
+        fingerprints=fingerprints,
     )
     return Container(
         settings=settings,
@@ -144,4 +159,5 @@ def build_container(settings: Settings) -> Container:
         metrics=metrics,
         scorer=scorer,
         ingestor=ingestor,
+        fingerprints=fingerprints,
     )

@@ -28,6 +28,9 @@ class Metrics:
             buckets=PROBABILITY_BUCKETS,
             registry=self.registry,
         )
+        self.campaigns_detected = Counter(
+            "outguard_campaigns_detected", "Content clusters that became campaigns", registry=self.registry
+        )
         self.actions = Counter("outguard_actions", "Actions returned", ["action"], registry=self.registry)
         self.lock_recommendations = Counter(
             "outguard_lock_recommendations", "Answers recommending an account lock", registry=self.registry

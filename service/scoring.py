@@ -19,6 +19,7 @@ import numpy as np
 
 from features.behaviour import Observation, recipient_domain
 from features.engagement import SENT, engagement_evidence
+from features.fingerprint import Fingerprint
 from features.message import Attachment, ParsedMessage, parse_raw, parse_structured
 from features.spec import BY_NAME, FEATURE_INDEX
 from features.vector import ContentVector, assemble, content_vector
@@ -33,6 +34,7 @@ from service.decision import (
     message_evidence,
     update_account,
 )
+from service.fingerprints.service import NO_LOOKUP, ContentLookup, FingerprintService
 from service.identity import Identity, resolve_identity
 from service.lifecycle import Transition, after_decision, expire_lock
 from service.metrics import Metrics
@@ -115,6 +117,8 @@ class _Pending:
     recipients_hashed: list[str]
     engagement_evidence: float = 0.0
     subject: str | None = None
+    content: ContentLookup = NO_LOOKUP
+    fingerprint: bytes | None = None
 
 
 class Scorer:
@@ -136,8 +140,10 @@ class Scorer:
         policies: Callable[[str], RelayPolicy],
         notifier: Notifier,
         store_subjects: bool = True,
+        fingerprints: FingerprintService | None = None,
     ) -> None:
         self.store_subjects = store_subjects
+        self.fingerprints = fingerprints
         self.model = model
         self.behaviour = behaviour
         self.engagement = engagement
@@ -183,7 +189,8 @@ class Scorer:
     def _content(self, message: MessageInput, bundle: ModelBundle) -> tuple[ParsedMessage, ContentVector]:
         """The pure part: parse and content features, no state touched."""
         parsed = _parse(message)
-        return parsed, content_vector(parsed, message.envelope_from, bundle.text_model)
+        fingerprinter = self.fingerprints.fingerprinter if self.fingerprints is not None else None
+        return parsed, content_vector(parsed, message.envelope_from, bundle.text_model, fingerprinter)
 
     async def _observe(self, message: MessageInput, parsed: ParsedMessage, content: ContentVector) -> _Pending:
         """Resolve the account, count the message in its windows, and build the feature row."""
@@ -210,11 +217,23 @@ class Scorer:
             await self.accounts.put(key, state)
             await self.apply_transitions(key, state, [expired])
         subject = parsed.subject[:SUBJECT_CHARS] if self.store_subjects else None
+        fingerprint = content.fingerprint
+        # A locked account's attempts still count towards its content's campaign.
+        lookup = (
+            self.fingerprints.lookup(fingerprint, key, message.timestamp)
+            if self.fingerprints is not None
+            else NO_LOOKUP
+        )
+        stored_fingerprint = fingerprint.to_bytes() if fingerprint is not None else None
         if state.locked:
-            return _Pending(message, key, identity, None, hashed, subject=subject)
+            return _Pending(
+                message, key, identity, None, hashed, subject=subject, content=lookup, fingerprint=stored_fingerprint
+            )
         engagement = await self.engagement.snapshot(key)
-        row = assemble(content.content.features, content.text_model_score, snapshot, engagement)
-        return _Pending(message, key, identity, row, hashed, engagement_evidence(engagement), subject)
+        row = assemble(content.content.features, content.text_model_score, snapshot, engagement, lookup.features)
+        return _Pending(
+            message, key, identity, row, hashed, engagement_evidence(engagement), subject, lookup, stored_fingerprint
+        )
 
     async def _finish(self, item: _Pending, bundle: ModelBundle, prediction: Prediction, index: int) -> ScoreResult:
         probability = float(prediction.probabilities[index])
@@ -223,11 +242,12 @@ class Scorer:
         if state.locked:  # locked while this batch was being scored
             return await self._finish_locked(item, bundle)
         evidence = message_evidence(probability, bundle.prior_log_odds, self.policy)
-        update_account(state, evidence, item.message.timestamp)
+        campaign = self.fingerprints.campaign_evidence(item.content, probability) if self.fingerprints else 0.0
+        update_account(state, evidence + campaign, item.message.timestamp)
         decision = decide(probability, state, self.policy, item.engagement_evidence)
         assert item.row is not None
         reasons = self._reasons(bundle, item.row, contributions)
-        why = _risk_reason(decision, probability, reasons)
+        why = _risk_reason(decision, probability, reasons, item.content if campaign > 0 else None)
         action, transitions = after_decision(
             state, decision, why, item.message.timestamp, self.policies(item.key.relay)
         )
@@ -235,6 +255,7 @@ class Scorer:
         await self.accounts.put(item.key, state)
         await self.apply_transitions(item.key, state, transitions)
         await self._announce_signals(item, decision, probability, why)
+        await self._learn_signature(item, probability, transitions)
         self.metrics.messages_scored.inc()
         self.metrics.spam_probability.observe(probability)
         result = await self._record(item, bundle, decision, probability, reasons, locked=False)
@@ -259,7 +280,15 @@ class Scorer:
         message = item.message
         if not locked:
             self.index.remember(
-                MessageRef(message.message_id, message.queue_id, item.key.relay, item.key.account, message.timestamp)
+                MessageRef(
+                    message.message_id,
+                    message.queue_id,
+                    item.key.relay,
+                    item.key.account,
+                    message.timestamp,
+                    item.fingerprint,
+                    probability,
+                )
             )
         if decision.action is Action.ACCEPT and item.recipients_hashed:
             # Only mail that leaves can bounce or be complained about.
@@ -272,6 +301,7 @@ class Scorer:
                 identity_source=item.identity.source,
                 message_id=item.message.message_id,
                 queue_id=item.message.queue_id,
+                fingerprint=item.fingerprint,
                 model_version=bundle.version,
                 feature_spec_version=bundle.feature_spec_version,
                 features=item.row.tolist() if item.row is not None else None,
@@ -311,6 +341,7 @@ class Scorer:
 
     async def _announce_signals(self, item: _Pending, decision: Decision, probability: float, why: str) -> None:
         at = item.message.timestamp
+        await self._announce_campaign(item, probability)
         if probability >= self.policy.hold_threshold and self.cooldown.ready(item.key, "account.spam_detected", at):
             payload = {
                 "reason_codes": ["spam_content"],
@@ -335,6 +366,40 @@ class Scorer:
             }
             await self.notifier.announce("account.volume_spike", item.key, payload)
 
+    async def _learn_signature(self, item: _Pending, probability: float, transitions: list[Transition]) -> None:
+        """The message that got its account locked is known spam, if it looked like spam."""
+        if self.fingerprints is None or item.fingerprint is None:
+            return
+        if probability < self.fingerprints.policy.complaint_min_probability:
+            return
+        if any(t.action in ("locked_temporary", "locked") for t in transitions):
+            await self.fingerprints.add(
+                Fingerprint.from_bytes(item.fingerprint),
+                source="lock",
+                actor="outguard",
+                at=item.message.timestamp,
+                message_id=item.message.message_id,
+            )
+
+    async def _announce_campaign(self, item: _Pending, probability: float) -> None:
+        campaign = item.content.campaign
+        if campaign is None or not campaign.newly_detected or self.fingerprints is None:
+            return
+        cluster = self.fingerprints.campaigns.cluster(campaign.cluster_id)
+        senders = [f"{k.relay}/{k.account}" for k in cluster.senders][-MAX_CAMPAIGN_ACCOUNTS_LISTED:] if cluster else []
+        self.metrics.campaigns_detected.inc()
+        payload = {
+            "reason_codes": ["campaign"],
+            "campaign_id": campaign.cluster_id,
+            "accounts_in_window": campaign.accounts_in_window,
+            "new_accounts": campaign.new_accounts,
+            "established_accounts": campaign.established_accounts,
+            "mean_spam_probability": cluster.mean_probability if cluster else probability,
+            "accounts": senders,
+            "message_id": item.message.message_id,
+        }
+        await self.notifier.announce("campaign.detected", item.key, payload)
+
     def _reasons(self, bundle: ModelBundle, row: np.ndarray, contributions: np.ndarray) -> list[Reason]:
         if self.reasons == 0:
             return []
@@ -352,19 +417,28 @@ class Scorer:
 
 
 SUBJECT_CHARS = 120
+MAX_CAMPAIGN_ACCOUNTS_LISTED = 50
 # A volume spike: at least this many messages in the last hour, and this many times
 # (as a log) the account's own hourly baseline.
 VOLUME_SPIKE_MIN_PER_HOUR = 20
 VOLUME_SPIKE_LOG_RATIO = math.log(10)
 
 
-def _risk_reason(decision: Decision, probability: float, reasons: list[Reason]) -> str:
+def _risk_reason(
+    decision: Decision, probability: float, reasons: list[Reason], campaign: ContentLookup | None = None
+) -> str:
     top = ", ".join(r.name for r in reasons[:3] if r.contribution > 0) or "no single feature"
     verdict = "enough evidence of spam to lock" if decision.lock_recommended else "evidence of spam building up"
-    return (
+    why = (
         f"{verdict} (account risk {decision.account_risk:.2f}); the last message scored {probability:.3f} "
         f"spam probability, driven by {top}"
     )
+    if campaign is not None and campaign.campaign is not None:
+        why += (
+            f"; its content is part of campaign {campaign.campaign.cluster_id}, sent by "
+            f"{campaign.campaign.accounts_in_window} accounts in the last hour"
+        )
+    return why
 
 
 def transition_payload(key: AccountKey, state: AccountState, transition: Transition) -> dict[str, Any]:

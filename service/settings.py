@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from service.fingerprints.service import FingerprintPolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,6 +107,30 @@ class Settings(BaseSettings):
         description="Most that good engagement (deliveries, replies) can offset of content evidence, in nats",
     )
 
+    # -- content fingerprints (service.fingerprints)
+    fingerprints: bool = Field(default=True, description="Match signatures and track campaigns")
+    signature_capacity: int = Field(
+        default=250_000, ge=1, description="Known-spam signatures kept in memory (oldest evicted past it)"
+    )
+    signature_ttl_days: float = Field(default=14.0, gt=0, description="How long a signature lives after its last add")
+    signature_min_similarity: float = Field(
+        default=0.6, gt=0, le=1, description="Estimated Jaccard similarity for a signature match or a campaign copy"
+    )
+    signature_complaint_min_probability: float = Field(
+        default=0.5, ge=0, le=1, description="A complaint adds a signature only if the message scored at least this"
+    )
+    campaign_window_s: float = Field(default=3_600.0, gt=0, description="Window for counting a content's new senders")
+    campaign_min_accounts: int = Field(
+        default=5, ge=2, description="New senders of one content within the window that make a campaign"
+    )
+    campaign_uptick_ratio: float = Field(
+        default=3.0, gt=0, description="New senders must outnumber those already sending it by this factor (+1)"
+    )
+    campaign_evidence: float = Field(
+        default=2.0, ge=0, description="Nats a message of an active spam-like campaign adds against its account"
+    )
+    campaign_capacity: int = Field(default=200_000, ge=1, description="Content clusters tracked (oldest evicted)")
+
     # -- webhooks
     public_url: str = Field(default="http://127.0.0.1:8000", description="How subscribers reach this service (links)")
     webhook_allow_private: bool = Field(
@@ -147,6 +175,26 @@ class Settings(BaseSettings):
         from service.decision import lock_threshold_for
 
         return lock_threshold_for(self.target_false_locks_per_1000_account_days, self.messages_per_account_day)
+
+    @property
+    def fingerprint_policy(self) -> FingerprintPolicy:
+        from service.fingerprints.campaigns import CampaignPolicy
+        from service.fingerprints.service import FingerprintPolicy
+
+        return FingerprintPolicy(
+            signature_capacity=self.signature_capacity,
+            signature_ttl_seconds=self.signature_ttl_days * 86_400,
+            min_similarity=self.signature_min_similarity,
+            campaign=CampaignPolicy(
+                window_seconds=self.campaign_window_s,
+                min_accounts=self.campaign_min_accounts,
+                uptick_ratio=self.campaign_uptick_ratio,
+                min_similarity=self.signature_min_similarity,
+                capacity=self.campaign_capacity,
+            ),
+            campaign_evidence=self.campaign_evidence,
+            complaint_min_probability=self.signature_complaint_min_probability,
+        )
 
     @property
     def sqlite_path(self) -> Path:

@@ -3,12 +3,15 @@
 Each message goes through `features.message.parse_raw` and
 `features.content.content_features`, the functions the service calls, so the model
 trains on exactly what it will see. Extraction runs in parallel and is cached as
-Parquet under the cache folder, keyed by the feature-spec version.
+Parquet under the cache folder, keyed by the feature-spec version. Signature
+features come from a walk through the serving signature database in delivery
+order (`training.signature_features`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -16,17 +19,25 @@ from joblib import Parallel, delayed
 from rich.progress import track
 
 from features.content import content_features
+from features.fingerprint import Fingerprinter
 from features.message import parse_raw
 from features.spec import FEATURE_SPEC_VERSION
 from training.corpora import CorpusMessage, body_fingerprint, iter_corpus, undo_list_server
+from training.signature_features import signature_features
 
 FEATURE_SOURCES = Path(__file__).resolve().parent.parent / "features"
 SPLIT_ORDER = {"train": 0, "calibration": 1, "test": 2}
 
 
+@lru_cache(maxsize=1)
+def _fingerprinter() -> Fingerprinter:
+    return Fingerprinter()
+
+
 def extract_one(message: CorpusMessage, split: str) -> dict[str, object]:
     parsed = undo_list_server(parse_raw(message.path.read_bytes()))
     content = content_features(parsed)
+    fingerprint = _fingerprinter().fingerprint(content.document)
     visible = content.document.split("\n", 1)[1] if "\n" in content.document else ""
     return {
         "source": message.source,
@@ -37,6 +48,7 @@ def extract_one(message: CorpusMessage, split: str) -> dict[str, object]:
         "fingerprint": body_fingerprint(parsed.subject, visible),
         "document": content.document,
         "subject": parsed.subject,
+        "minhash": fingerprint.to_bytes() if fingerprint is not None else None,
         **content.features,
     }
 
@@ -71,6 +83,7 @@ def build_corpus_dataset(data_dir: Path, cache_dir: Path, jobs: int = -1, use_ca
     )
     frame = pd.DataFrame(list(track(rows, total=len(items), description="Extracting features")))
     frame = deduplicate(frame)
+    frame = frame.join(signature_features(frame))
     cache_dir.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(cache_file, index=False)
     return frame

@@ -72,10 +72,20 @@ class SplitRows:
     labels: np.ndarray
 
 
+SIGNATURE_COLUMNS = ("sig_similarity", "sig_age_days_log", "sig_hits_log")
+
+
 def corpus_rows(frame: pd.DataFrame, text_scores: np.ndarray) -> SplitRows:
     """Spec-order rows for corpus messages: content features, a text score, no account context."""
     content = frame[list(c for c in CONTENT_FEATURES if c != "text_model_score")].to_dict("records")
-    rows = np.vstack([assemble(c, float(s), None, None) for c, s in zip(content, text_scores, strict=True)])
+    signatures = (
+        frame[list(SIGNATURE_COLUMNS)].assign(campaign_accounts_log=0.0).to_dict("records")
+        if set(SIGNATURE_COLUMNS) <= set(frame.columns)
+        else [None] * len(frame)
+    )
+    rows = np.vstack(
+        [assemble(c, float(s), None, None, f) for c, s, f in zip(content, text_scores, signatures, strict=True)]
+    )
     assert rows.shape[1] == len(FEATURE_NAMES)
     return SplitRows(rows=rows, labels=frame["label"].to_numpy())
 

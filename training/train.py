@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from features.spec import CONTENT_FEATURES, FEATURE_INDEX, FEATURE_SPEC_VERSION
 from features.text_model import fit_text_model, out_of_fold_scores, vectorize
 from models.bundle import Calibration, ModelBundle, save_bundle
-from training.evaluate import balanced_weights, corpus_rows, message_metrics, score_modern_mail
+from training.evaluate import SIGNATURE_COLUMNS, balanced_weights, corpus_rows, message_metrics, score_modern_mail
 from training.model_card import write_model_card
 
 LGB_PARAMS: dict[str, Any] = {
@@ -90,7 +90,8 @@ def train_model(frame: pd.DataFrame, config: TrainConfig, console: Console | Non
 
     # The corpora carry no account context, so this model reads content features only,
     # less those that mark the corpora's era rather than spam (see ERA_CONFOUNDED).
-    model_features = [name for name in CONTENT_FEATURES if name not in ERA_CONFOUNDED]
+    # Signature matches are replayed in delivery order (`training.signature_features`).
+    model_features = [name for name in CONTENT_FEATURES if name not in ERA_CONFOUNDED] + list(SIGNATURE_COLUMNS)
     columns = [FEATURE_INDEX[name] for name in model_features]
     x_train = corpus_rows(train, oof).rows[:, columns]
 

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from features.fingerprint import Fingerprint
 from service.api.common import ContainerDep, event_time, json_response
 from service.api.feedback_schemas import FeedbackBatchIn, FeedbackIn, LabelIn
 from service.api.routes import ERRORS
@@ -18,7 +19,7 @@ from service.feedback.bounces import bounce_class, invalid_recipient
 from service.feedback.dsn import dsn_events
 from service.feedback.reports import MalformedReport
 from service.feedback.verdicts import apply_verdict
-from service.stores import FeedbackEvent, FeedbackType, Label
+from service.stores import FeedbackEvent, FeedbackType, Label, MessageRef, Verdict
 
 feedback = APIRouter(prefix="/v1", tags=["feedback"], responses=ERRORS)
 
@@ -114,9 +115,11 @@ async def add_label(item: LabelIn, container: ContainerDep) -> Response:
         relay=item.relay,
         account=item.account,
     )
-    if label.message_id and (ref := await container.ingestor.find(label.message_id, None, item.relay)):
+    ref = await container.ingestor.find(label.message_id, None, item.relay) if label.message_id else None
+    if ref is not None:
         label.relay, label.account = ref.relay, ref.account
     label_id = await container.labels.add(label)
+    signatures = await _verdict_signatures(container, label, ref)
     container.metrics.labels_received.labels(label.label.value).inc()
     key, state, transitions = await apply_verdict(label, container.accounts, container.scorer.policy, time.time())
     if key is not None and state is not None:
@@ -129,6 +132,23 @@ async def add_label(item: LabelIn, container: ContainerDep) -> Response:
             "relay": label.relay,
             "account": label.account,
             "matched": label.account is not None,
+            "signatures": signatures,
         },
         status_code=201,
     )
+
+
+async def _verdict_signatures(container: Container, label: Label, ref: MessageRef | None) -> dict[str, list[int]]:
+    """A message called spam becomes a signature; one called ham takes down the signatures it matches."""
+    fingerprints = container.fingerprints
+    if fingerprints is None or ref is None or ref.fingerprint is None:
+        return {"added": [], "removed": []}
+    fingerprint = Fingerprint.from_bytes(ref.fingerprint)
+    if label.label is Verdict.SPAM:
+        signature_id, _ = await fingerprints.add(
+            fingerprint, source="verdict", actor=label.actor, at=label.timestamp, message_id=label.message_id
+        )
+        return {"added": [signature_id], "removed": []}
+    if label.label is Verdict.HAM:
+        return {"added": [], "removed": await fingerprints.remove_matching(fingerprint, label.actor, label.timestamp)}
+    return {"added": [], "removed": []}

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from features.engagement import engagement_features
+from features.fingerprint import Fingerprint
+from service.fingerprints.service import FingerprintService
 from service.metrics import Metrics
 from service.notify import Cooldown, Notifier
 from service.stores import AccountKey, EngagementStore, FeedbackEvent, FeedbackLog, FeedbackType, MessageRef
@@ -60,7 +62,9 @@ class FeedbackIngestor:
         engagement: EngagementStore,
         metrics: Metrics,
         notifier: Notifier,
+        fingerprints: FingerprintService | None = None,
     ) -> None:
+        self.fingerprints = fingerprints
         self.notifier = notifier
         self.cooldown = Cooldown(3_600)
         self.scored = scored
@@ -71,10 +75,12 @@ class FeedbackIngestor:
 
     async def ingest(self, events: Sequence[FeedbackEvent]) -> list[IngestResult]:
         events = list(events)
-        await self._attribute(events)
+        refs = await self._attribute(events)
         new = await self.feedback.add(events)
         results = []
-        for event, is_new in zip(events, new, strict=True):
+        for event, is_new, ref in zip(events, new, refs, strict=True):
+            if is_new and event.type is FeedbackType.COMPLAINT and ref is not None:
+                await self._learn_from_complaint(event, ref)
             if is_new and event.account is not None and event.relay is not None:
                 key = AccountKey(event.relay, event.account)
                 counts = engagement_counts(event)
@@ -110,7 +116,21 @@ class FeedbackIngestor:
         [ref] = await self._lookup([(message_id, queue_id, relay)])
         return ref
 
-    async def _attribute(self, events: list[FeedbackEvent]) -> None:
+    async def _learn_from_complaint(self, event: FeedbackEvent, ref: MessageRef) -> None:
+        """A complaint about spam-like content makes it a signature (one about a newsletter does not)."""
+        if self.fingerprints is None or ref.fingerprint is None or ref.spam_probability is None:
+            return
+        if ref.spam_probability < self.fingerprints.policy.complaint_min_probability:
+            return
+        await self.fingerprints.add(
+            Fingerprint.from_bytes(ref.fingerprint),
+            source="complaint",
+            actor="feedback",
+            at=event.timestamp,
+            message_id=ref.message_id,
+        )
+
+    async def _attribute(self, events: list[FeedbackEvent]) -> list[MessageRef | None]:
         refs = await self._lookup([(e.message_id, e.queue_id, e.relay) for e in events])
         for event, ref in zip(events, refs, strict=True):
             if ref is not None:
@@ -118,6 +138,7 @@ class FeedbackIngestor:
             elif event.account is not None:
                 # Never scored here (or not yet): the caller named the account.
                 event.relay = event.relay or DEFAULT_RELAY
+        return refs
 
     async def _lookup(self, wanted: list[tuple[str | None, str | None, str | None]]) -> list[MessageRef | None]:
         """For each (message id, queue id, relay hint): the scored message, preferring the hinted relay."""

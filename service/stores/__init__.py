@@ -44,6 +44,7 @@ class ScoredEvent:
     scored_at: float = 0.0
     queue_id: str | None = None
     subject: str | None = None  # truncated, for incident reports; never the body
+    fingerprint: bytes | None = None  # the content's MinHash (features.fingerprint), never the text
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,8 @@ class MessageRef:
     relay: str
     account: str
     timestamp: float
+    fingerprint: bytes | None = None
+    spam_probability: float | None = None
 
 
 class FeedbackType(StrEnum):

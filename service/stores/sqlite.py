@@ -36,11 +36,26 @@ CREATE TABLE IF NOT EXISTS scored_messages (
     recipients_hashed TEXT NOT NULL,
     client_ip TEXT,
     subject TEXT,
-    scored_at REAL NOT NULL
+    scored_at REAL NOT NULL,
+    fingerprint BLOB
 );
 CREATE INDEX IF NOT EXISTS scored_messages_account_ts ON scored_messages (relay, account, ts);
 CREATE INDEX IF NOT EXISTS scored_messages_message_id ON scored_messages (message_id);
 CREATE INDEX IF NOT EXISTS scored_messages_queue_id ON scored_messages (queue_id) WHERE queue_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS signatures (
+    id INTEGER PRIMARY KEY,
+    fingerprint BLOB NOT NULL,
+    source TEXT NOT NULL,
+    message_id TEXT,
+    actor TEXT NOT NULL,
+    note TEXT,
+    added_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    removed_at REAL,
+    removed_by TEXT
+);
+CREATE INDEX IF NOT EXISTS signatures_live ON signatures (expires_at) WHERE removed_at IS NULL;
 
 CREATE TABLE IF NOT EXISTS feedback_events (
     event_id TEXT PRIMARY KEY,
@@ -150,9 +165,29 @@ CREATE TABLE IF NOT EXISTS identity_rules (
 T = TypeVar("T")
 
 
+# Columns added after a table first shipped: (table, column, type). Applied at open.
+ADDED_COLUMNS = (("scored_messages", "fingerprint", "BLOB"),)
+
+
+def add_missing_columns(path: Path) -> None:
+    """Bring a database made by an older release up to `SCHEMA` (SQLite has no IF NOT EXISTS for columns)."""
+    if not path.exists():
+        return
+    connection = sqlite3.connect(path)
+    try:
+        for table, column, kind in ADDED_COLUMNS:
+            present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+            if present and column not in present:
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        connection.commit()
+    finally:
+        connection.close()
+
+
 class SqliteDatabase:
     def __init__(self, path: Path, queue_max: int, on_write_failure: Callable[[int], None] | None = None) -> None:
         self.path = path
+        add_missing_columns(path)
         self.writer = SqliteWriter(path, SCHEMA, queue_max=queue_max, on_failure=on_write_failure)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []

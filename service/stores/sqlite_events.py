@@ -20,8 +20,8 @@ from service.stores.sqlite import SqliteDatabase
 _INSERT = """
 INSERT INTO scored_messages (ts, relay, account, identity_source, message_id, queue_id, model_version,
     feature_spec_version, features, spam_probability, account_risk, action, lock_recommended,
-    recipients_hashed, client_ip, subject, scored_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    recipients_hashed, client_ip, subject, scored_at, fingerprint)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 # SQLite's default limit on bound parameters per statement is 999 on old builds.
 _LOOKUP_CHUNK = 500
@@ -46,6 +46,7 @@ def _row(event: ScoredEvent) -> tuple[object, ...]:
         event.client_ip,
         event.subject,
         event.scored_at,
+        event.fingerprint,
     )
 
 
@@ -82,10 +83,11 @@ def _find(connection: sqlite3.Connection, message_ids: list[str], queue_ids: lis
             chunk = values[start : start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
             cursor = connection.execute(
-                f"SELECT message_id, queue_id, relay, account, ts FROM scored_messages WHERE {column} IN ({marks})",
+                "SELECT message_id, queue_id, relay, account, ts, fingerprint, spam_probability "
+                f"FROM scored_messages WHERE {column} IN ({marks})",
                 chunk,
             )
-            found += [MessageRef(r[0], r[1], r[2], r[3], r[4]) for r in cursor]
+            found += [MessageRef(*r) for r in cursor]
     return sorted(found, key=lambda ref: ref.timestamp, reverse=True)
 
 

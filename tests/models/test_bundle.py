@@ -23,8 +23,14 @@ def rows_near_real(bundle, n: int = 300) -> np.ndarray:
     """Rows spread over the values the model splits on, in spec order."""
     rng = np.random.default_rng(3)
     rows = np.zeros((n, len(FEATURE_NAMES)))
-    rows[:, bundle.column_index] = rng.normal(size=(n, len(bundle.column_index))) * 2 + 1
-    return np.abs(rows)
+    splits = bundle.booster.trees_to_dataframe().dropna(subset=["threshold"])
+    for model_column, spec_column in enumerate(bundle.column_index):
+        thresholds = splits.loc[splits["split_feature"] == bundle.model_features[model_column], "threshold"]
+        if len(thresholds):
+            # Either side of a threshold the model really uses.
+            picked = rng.choice(thresholds.to_numpy(), size=n)
+            rows[:, spec_column] = picked + rng.choice([-1e-6, 1e-6], size=n) * np.maximum(1, np.abs(picked))
+    return rows
 
 
 def test_the_shipped_bundle_loads_and_names_its_spec(bundle) -> None:

@@ -1,0 +1,143 @@
+"""Fuzzy content fingerprints: MinHash over word shingles of the normalised subject and body.
+
+Two copies of one spam run differ in the recipient's name, a random token meant to
+break hashes, tracking links and order numbers. Normalising folds those away (digits,
+link paths, addresses, very long tokens) and shingling keeps the rest comparable, so
+the Jaccard similarity of two copies stays high while unrelated mail shares little.
+`training.fingerprint_eval` measured this choice against TLSH on the corpora; the
+figures are in `docs/fingerprints.md`.
+
+A fingerprint is `NUM_PERM` 32-bit minimum hashes; the LSH index
+(`service.fingerprints.index`) cuts them into `BANDS` bands of `ROWS` values.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from dataclasses import dataclass
+
+import mmh3
+import numpy as np
+from datasketch import MinHash
+
+NUM_PERM = 64
+BANDS = 16
+ROWS = NUM_PERM // BANDS
+SHINGLE_WORDS = 2
+MAX_TOKENS = 1_500  # the first words decide; the cap bounds the cost of a huge body
+MIN_TOKENS = 8  # below this a message has too little text to compare fuzzily
+PERMUTATION_SEED = 20261123
+SCHEME = "affine32"  # uint32 values; a bijection, so no collision bias on large sets
+
+# Punctuation becomes space and every digit '0': order numbers and prices stop mattering.
+_FOLD = str.maketrans({**{c: " " for c in string.punctuation + "«»“”‘’…–—•·©®™|"}, **{d: "0" for d in string.digits}})
+_LONG_TOKEN = 24  # longer 'words' are encodings, hashes or random padding
+# Multipliers that make a shingle's hash depend on word order (odd 32-bit constants).
+_ORDER = (np.uint32(0x9E3779B1), np.uint32(0x85EBCA77), np.uint32(0xC2B2AE3D), np.uint32(0x27D4EB2F))
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """A message's MinHash signature, as unsigned 32-bit values."""
+
+    hashvalues: np.ndarray  # shape (NUM_PERM,), uint32
+
+    def similarity(self, other: Fingerprint) -> float:
+        """Estimated Jaccard similarity of the two shingle sets."""
+        return float(np.count_nonzero(self.hashvalues == other.hashvalues)) / NUM_PERM
+
+    def to_bytes(self) -> bytes:
+        return self.hashvalues.astype("<u4").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Fingerprint:
+        values = np.frombuffer(data, dtype="<u4")
+        if values.shape != (NUM_PERM,):
+            raise ValueError(f"a fingerprint is {NUM_PERM * 4} bytes, got {len(data)}")
+        return cls(values.astype(np.uint32))
+
+
+def normalise(document: str) -> list[str]:
+    """Tokens of a message that survive the edits spammers make between copies.
+
+    A link becomes `link` and the last two labels of its host (tracking paths and
+    subdomains vary, the site does not); an address becomes `address` and its domain.
+    """
+    text = document[: MAX_TOKENS * 12].lower()
+    words = text.split()
+    if "@" in text or "://" in text or "www." in text:
+        words = [_special(w) if ("@" in w or "://" in w or "www." in w) else w for w in words]
+    folded = " ".join(words).translate(_FOLD).split()
+    return [w for w in folded if len(w) <= _LONG_TOKEN][:MAX_TOKENS]
+
+
+def _special(word: str) -> str:
+    if "://" in word or word.startswith("www."):
+        host = word.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0]
+        return "link " + " ".join(host.strip(".").split(".")[-2:])
+    return "address " + word.rsplit("@", 1)[-1]
+
+
+def shingle_hashes(tokens: list[str], width: int = SHINGLE_WORDS) -> np.ndarray:
+    """Distinct 32-bit hashes of the `width`-word shingles (the whole text when it is shorter)."""
+    words = np.fromiter((mmh3.hash(t, signed=False) for t in tokens), dtype=np.uint32, count=len(tokens))
+    if len(words) < width:
+        width = len(words)
+    n = len(words) - width + 1
+    combined = words[:n] * _ORDER[0]
+    for k in range(1, width):
+        combined ^= words[k : k + n] * _ORDER[k]
+    return np.unique(combined)
+
+
+class Fingerprinter:
+    """Computes fingerprints with one fixed set of permutations: built once, shared."""
+
+    def __init__(self, num_perm: int = NUM_PERM, seed: int = PERMUTATION_SEED, width: int = SHINGLE_WORDS) -> None:
+        self.num_perm = num_perm
+        self.width = width
+        template = MinHash(num_perm=num_perm, seed=seed, hashfunc=_already_hashed, scheme=SCHEME)
+        self._permutations = template.permutations
+        self._seed = seed
+
+    def fingerprint(self, document: str) -> Fingerprint | None:
+        """The document's fingerprint, or None when it has too little text to compare."""
+        tokens = normalise(document)
+        if len(tokens) < MIN_TOKENS:
+            return None
+        sketch = MinHash(
+            num_perm=self.num_perm,
+            seed=self._seed,
+            hashfunc=_already_hashed,
+            permutations=self._permutations,
+            scheme=SCHEME,
+        )
+        sketch.update_batch(shingle_hashes(tokens, self.width).tolist())
+        return Fingerprint(np.asarray(sketch.hashvalues, dtype=np.uint32))
+
+
+def _already_hashed(value: int) -> int:
+    return value
+
+
+def fingerprint_features(
+    similarity: float, age_seconds: float | None, hits: int, other_accounts: int
+) -> dict[str, float]:
+    """The model's view of the best signature match and of the content's other senders.
+
+    `age_seconds` None means no signature matched (the spec's neutral values).
+    """
+    out = {"campaign_accounts_log": math.log1p(max(other_accounts, 0))}
+    if age_seconds is None:
+        out.update(sig_similarity=0.0, sig_age_days_log=-1.0, sig_hits_log=0.0)
+    else:
+        out.update(
+            sig_similarity=similarity,
+            sig_age_days_log=math.log1p(max(age_seconds, 0.0) / 86_400),
+            sig_hits_log=math.log1p(max(hits, 0)),
+        )
+    return out
+
+
+NO_FINGERPRINT_FEATURES = fingerprint_features(0.0, None, 0, 0)

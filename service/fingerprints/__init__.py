@@ -1,0 +1,1 @@
+"""Content fingerprints in the service: known-spam signatures and campaigns across accounts."""

@@ -1,0 +1,136 @@
+"""Campaigns: one content suddenly leaving many accounts.
+
+Every fingerprinted message joins a cluster: the nearest recent cluster
+representative at or above the similarity threshold, or a new cluster of its own.
+Per cluster the tracker keeps which accounts sent it and when they first and last did.
+A cluster is a campaign while the accounts that started sending it within the last
+`window_seconds` number at least `min_accounts` and at least `uptick_ratio` times
+(one more than) the accounts that were already sending it before: a template that
+hundreds of shops have sent for weeks is not an uptick, a spam run through a dozen
+hijacked mailboxes in half an hour is.
+
+Bounded: at most `capacity` clusters (oldest evicted) and `max_accounts_per_cluster`
+accounts per cluster (least recently seen evicted).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from features.fingerprint import Fingerprint
+from service.fingerprints.index import LshIndex
+from service.stores import AccountKey
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignPolicy:
+    window_seconds: float = 3_600.0
+    horizon_seconds: float = 86_400.0  # how long a sender counts as already sending it
+    min_accounts: int = 5
+    uptick_ratio: float = 3.0
+    min_similarity: float = 0.6
+    capacity: int = 200_000
+    max_accounts_per_cluster: int = 2_000
+
+
+@dataclass(slots=True)
+class Cluster:
+    cluster_id: int
+    first_seen: float
+    senders: OrderedDict[AccountKey, tuple[float, float]] = field(default_factory=OrderedDict)  # first, last
+    active_until: float = 0.0
+    probability_sum: float = 0.0
+    probability_count: int = 0
+    detections: int = 0
+
+    @property
+    def mean_probability(self) -> float:
+        return self.probability_sum / self.probability_count if self.probability_count else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignView:
+    """What one message's cluster looks like when the message arrives."""
+
+    cluster_id: int
+    accounts_in_window: int  # distinct accounts that sent this content within the window
+    new_accounts: int  # of those, how many started within the window
+    established_accounts: int
+    active: bool
+    newly_detected: bool  # this message turned the cluster into a campaign
+
+
+class CampaignTracker:
+    def __init__(self, policy: CampaignPolicy) -> None:
+        self.policy = policy
+        self.index = LshIndex(policy.capacity)
+        self._clusters: dict[int, Cluster] = {}  # by index slot
+        self._ids: dict[int, Cluster] = {}  # by cluster id
+        self._next_id = 1
+
+    def __len__(self) -> int:
+        return len(self._clusters)
+
+    def observe(self, fingerprint: Fingerprint, key: AccountKey, at: float) -> CampaignView:
+        cluster = self._cluster_for(fingerprint, at)
+        senders = cluster.senders
+        first, _ = senders.pop(key, (at, at))
+        senders[key] = (min(first, at), at)
+        while len(senders) > self.policy.max_accounts_per_cluster:
+            senders.popitem(last=False)
+        window_start = at - self.policy.window_seconds
+        horizon_start = at - self.policy.horizon_seconds
+        new = established = recent = 0
+        for started, last in senders.values():
+            if last >= window_start:
+                recent += 1
+            if started >= window_start:
+                new += 1
+            elif last >= horizon_start:
+                established += 1
+        uptick = new >= self.policy.min_accounts and new >= self.policy.uptick_ratio * (established + 1)
+        was_active = cluster.active_until > at
+        if uptick:
+            cluster.active_until = at + self.policy.window_seconds
+        newly = uptick and not was_active
+        if newly:
+            cluster.detections += 1
+        return CampaignView(
+            cluster_id=cluster.cluster_id,
+            accounts_in_window=recent,
+            new_accounts=new,
+            established_accounts=established,
+            active=cluster.active_until > at,
+            newly_detected=newly,
+        )
+
+    def record_probability(self, cluster_id: int, probability: float) -> float:
+        """Add a scored copy's spam probability; returns the cluster's mean so far."""
+        cluster = self._ids.get(cluster_id)
+        if cluster is None:
+            return probability
+        cluster.probability_sum += probability
+        cluster.probability_count += 1
+        return cluster.mean_probability
+
+    def cluster(self, cluster_id: int) -> Cluster | None:
+        return self._ids.get(cluster_id)
+
+    def active(self, now: float) -> list[Cluster]:
+        return [c for c in self._clusters.values() if c.active_until > now]
+
+    def _cluster_for(self, fingerprint: Fingerprint, at: float) -> Cluster:
+        found = self.index.nearest(fingerprint, self.policy.min_similarity)
+        if found is not None:
+            return self._clusters[found.slot]
+        slot, evicted = self.index.add(fingerprint)
+        if evicted is not None:
+            old = self._clusters.pop(evicted, None)
+            if old is not None:
+                self._ids.pop(old.cluster_id, None)
+        cluster = Cluster(cluster_id=self._next_id, first_seen=at)
+        self._next_id += 1
+        self._clusters[slot] = cluster
+        self._ids[cluster.cluster_id] = cluster
+        return cluster

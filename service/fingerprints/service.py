@@ -1,0 +1,121 @@
+"""What the scorer and the feedback path ask of fingerprints, in one place.
+
+`lookup` runs per scored message before the model: the nearest known-spam signature
+and the message's campaign cluster, as model features. `campaign_evidence` runs
+after the model: a message of an active campaign adds evidence against its account
+in proportion to how spam-like the campaign's copies score, so a campaign of
+legitimate content (a shared template) adds little. `add` and `remove_matching`
+change the signature database, durably first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from features.fingerprint import NO_FINGERPRINT_FEATURES, Fingerprint, Fingerprinter, fingerprint_features
+from service.fingerprints.campaigns import CampaignPolicy, CampaignTracker, CampaignView
+from service.fingerprints.signatures import SignatureDb, SignatureMatch
+from service.stores import AccountKey
+from service.stores.sqlite_signatures import SqliteSignatureStore
+
+# The cluster's mean spam probability at which a campaign adds its full evidence.
+FULL_EVIDENCE_AT = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class FingerprintPolicy:
+    signature_capacity: int = 250_000
+    signature_ttl_seconds: float = 14 * 86_400.0
+    min_similarity: float = 0.6
+    campaign: CampaignPolicy = field(default_factory=CampaignPolicy)
+    campaign_evidence: float = 2.0  # nats per message of an active, spam-like campaign
+    complaint_min_probability: float = 0.5  # a complaint adds a signature only for spam-like content
+
+
+@dataclass(frozen=True, slots=True)
+class ContentLookup:
+    features: dict[str, float]
+    match: SignatureMatch | None = None
+    campaign: CampaignView | None = None
+
+
+NO_LOOKUP = ContentLookup(NO_FINGERPRINT_FEATURES)
+
+
+class FingerprintService:
+    def __init__(self, policy: FingerprintPolicy, store: SqliteSignatureStore) -> None:
+        self.policy = policy
+        self.store = store
+        self.fingerprinter = Fingerprinter()
+        self.signatures = SignatureDb(policy.signature_capacity, policy.signature_ttl_seconds, policy.min_similarity)
+        self.campaigns = CampaignTracker(policy.campaign)
+        for stored in store.live(time.time(), policy.signature_capacity):
+            self.signatures.load(stored)
+
+    def lookup(self, fingerprint: Fingerprint | None, key: AccountKey, at: float) -> ContentLookup:
+        if fingerprint is None:
+            return NO_LOOKUP
+        match = self.signatures.match(fingerprint, at)
+        campaign = self.campaigns.observe(fingerprint, key, at)
+        others = max(campaign.accounts_in_window - 1, 0)
+        if match is None:
+            features = fingerprint_features(0.0, None, 0, others)
+        else:
+            features = fingerprint_features(match.similarity, match.age_seconds, match.hits, others)
+        return ContentLookup(features, match, campaign)
+
+    def campaign_evidence(self, lookup: ContentLookup, probability: float) -> float:
+        """Evidence (nats) the message's campaign adds against its account."""
+        if lookup.campaign is None:
+            return 0.0
+        mean = self.campaigns.record_probability(lookup.campaign.cluster_id, probability)
+        if not lookup.campaign.active:
+            return 0.0
+        return self.policy.campaign_evidence * min(1.0, mean / FULL_EVIDENCE_AT)
+
+    async def add(
+        self,
+        fingerprint: Fingerprint,
+        *,
+        source: str,
+        actor: str,
+        at: float,
+        message_id: str | None = None,
+        note: str | None = None,
+    ) -> tuple[int, bool]:
+        """(signature id, whether it is new). Content already present refreshes the entry instead."""
+        expires_at = at + self.policy.signature_ttl_seconds
+        existing = self.signatures.same_content(fingerprint)
+        if existing is not None:
+            await self.store.refresh(existing, expires_at)
+            self.signatures.refresh(existing, expires_at)
+            return existing, False
+        stored = await self.store.add(
+            fingerprint,
+            source=source,
+            actor=actor,
+            added_at=at,
+            expires_at=expires_at,
+            message_id=message_id,
+            note=note,
+        )
+        self.signatures.load(stored)
+        return stored.signature_id, True
+
+    async def remove_matching(self, fingerprint: Fingerprint, actor: str, at: float) -> list[int]:
+        ids = self.signatures.matching_ids(fingerprint)
+        await self.store.remove(ids, actor, at)
+        self.signatures.remove(ids)
+        return ids
+
+    def stats(self, now: float) -> dict[str, object]:
+        active = self.campaigns.active(now)
+        return {
+            "signatures": len(self.signatures),
+            "capacity": self.policy.signature_capacity,
+            "evicted": self.signatures.evicted,
+            "memory_bytes": self.signatures.nbytes,
+            "clusters": len(self.campaigns),
+            "active_campaigns": len(active),
+        }

@@ -1,0 +1,73 @@
+"""Known-spam signatures in SQLite: the durable side of `service.fingerprints.signatures`.
+
+Adds and removals are committed before they are acknowledged; removal keeps the row
+(who removed it and when) so the history of a signature can be read back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from features.fingerprint import Fingerprint
+from service.fingerprints.signatures import StoredSignature
+from service.stores.sqlite import SqliteDatabase
+
+
+class SqliteSignatureStore:
+    def __init__(self, database: SqliteDatabase) -> None:
+        self.database = database
+
+    async def add(
+        self,
+        fingerprint: Fingerprint,
+        *,
+        source: str,
+        actor: str,
+        added_at: float,
+        expires_at: float,
+        message_id: str | None = None,
+        note: str | None = None,
+    ) -> StoredSignature:
+        def insert(connection: sqlite3.Connection) -> int:
+            cursor = connection.execute(
+                "INSERT INTO signatures (fingerprint, source, message_id, actor, note, added_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (fingerprint.to_bytes(), source, message_id, actor, note, added_at, expires_at),
+            )
+            return int(cursor.lastrowid or 0)
+
+        signature_id = await self.database.writer.submit(insert)
+        return StoredSignature(signature_id, fingerprint, source, added_at, expires_at)
+
+    async def refresh(self, signature_id: int, expires_at: float) -> None:
+        await self.database.writer.submit(
+            lambda c: c.execute(
+                "UPDATE signatures SET expires_at = max(expires_at, ?) WHERE id = ?", (expires_at, signature_id)
+            )
+        )
+
+    async def remove(self, signature_ids: list[int], actor: str, at: float) -> None:
+        if not signature_ids:
+            return
+
+        def mark(connection: sqlite3.Connection) -> None:
+            connection.executemany(
+                "UPDATE signatures SET removed_at = ?, removed_by = ? WHERE id = ? AND removed_at IS NULL",
+                [(at, actor, i) for i in signature_ids],
+            )
+
+        await self.database.writer.submit(mark)
+
+    def live(self, now: float, limit: int) -> list[StoredSignature]:
+        """The newest `limit` signatures neither removed nor expired, oldest first (for loading at start)."""
+        rows = self.database.read_now(
+            lambda c: c.execute(
+                "SELECT id, fingerprint, source, added_at, expires_at FROM signatures "
+                "WHERE removed_at IS NULL AND expires_at > ? ORDER BY id DESC LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        )
+        return [
+            StoredSignature(int(r[0]), Fingerprint.from_bytes(r[1]), r[2], float(r[3]), float(r[4]))
+            for r in reversed(rows)
+        ]
