@@ -52,10 +52,9 @@ class Fingerprint:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Fingerprint:
-        values = np.frombuffer(data, dtype="<u4")
-        if values.shape != (NUM_PERM,):
+        if len(data) != NUM_PERM * 4:
             raise ValueError(f"a fingerprint is {NUM_PERM * 4} bytes, got {len(data)}")
-        return cls(values.astype(np.uint32))
+        return cls(np.frombuffer(data, dtype="<u4").astype(np.uint32))
 
 
 def normalise(document: str) -> list[str]:

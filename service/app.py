@@ -15,6 +15,7 @@ from service.api.auth import TokenAuth, TokenAuthMiddleware
 from service.api.feedback import feedback
 from service.api.identity_rules import rules_router
 from service.api.routes import operations, scoring
+from service.api.signatures import signatures_router
 from service.api.webhooks import webhooks_router
 from service.container import build_container
 from service.errors import PayloadTooLarge, install_error_handlers, send_error
@@ -145,6 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(rules_router)
     app.include_router(accounts_router)
     app.include_router(webhooks_router)
+    app.include_router(signatures_router)
     app.include_router(operations)
     # Outermost last: metrics see every answer, auth runs before the body is read.
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
