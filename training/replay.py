@@ -31,6 +31,7 @@ from service.scoring import MessageInput
 from service.settings import Settings
 from service.stores import FeedbackEvent, FeedbackType
 from training.corpora import TREC_DIR
+from training.mutations import mutate_raw
 
 DAY = 86_400.0
 
@@ -66,6 +67,14 @@ def corpus_resolver(data_dir: Path, cache_dir: Path) -> Callable[[str], bytes]:
         return (roots[source] / name).read_bytes()
 
     return resolve
+
+
+def event_content(event: dict[str, Any], resolve: Callable[[str], bytes]) -> bytes:
+    """The message's corpus content; a campaign's copy gets the per-recipient edits a spam run makes."""
+    content = resolve(event["content_ref"])
+    if (seed := event.get("mutation")) is not None:
+        content = mutate_raw(content, np.random.default_rng(seed))
+    return content
 
 
 def _time(iso: str) -> float:
@@ -135,7 +144,7 @@ async def replay(
                 )
                 continue
             await flush_feedback()
-            message = to_message(event, resolve(event["content_ref"]))
+            message = to_message(event, event_content(event, resolve))
             [scored] = await scorer.score([message])
             truth = event["truth"]
             result.outcomes.append(
@@ -186,6 +195,7 @@ def account_metrics(result: ReplayResult, truth: list[dict[str, Any]], days: flo
 
     # Compromised identities: the episodes' identities (a PHP mailer is its own identity).
     spam_before_lock, time_to_lock, never_caught = [], [], []
+    by_kind: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     episodes = [(a["relay"], e) for a in truth for e in a["episodes"]]
     for relay, episode in episodes:
         stream = by_identity.get((relay, episode["identity"]), [])
@@ -195,6 +205,11 @@ def account_metrics(result: ReplayResult, truth: list[dict[str, Any]], days: flo
         locked_at = next((o.at for o in stream if o.locked and o.at >= episode["start"]), None)
         accepted = [o for o in spam if o.action == "accept" and (locked_at is None or o.at < locked_at)]
         spam_before_lock.append(len(accepted))
+        kind = by_kind[episode["kind"]]
+        kind["accepted"].append(len(accepted))
+        kind["sent"].append(len([o for o in spam if locked_at is None or o.at < locked_at]))
+        if locked_at is not None:
+            kind["minutes"].append((locked_at - episode["start"]) / 60)
         if locked_at is None:
             never_caught.append(f"{episode['kind']}:{episode['identity']}")
         else:
@@ -240,6 +255,7 @@ def account_metrics(result: ReplayResult, truth: list[dict[str, Any]], days: flo
             "p90": (_percentile(time_to_lock, 90) or 0) / 60 if time_to_lock else None,
         },
         "never_caught": never_caught,
+        "by_episode": {kind: _episode_summary(values) for kind, values in sorted(by_kind.items())},
         "legitimate_accounts": len(legitimate),
         "legitimate_account_days": round(account_days, 1),
         "false_locks": sum(false_locks.values()),
@@ -248,6 +264,18 @@ def account_metrics(result: ReplayResult, truth: list[dict[str, Any]], days: flo
         "falsely_locked": falsely_locked[:50],
         "feedback_applied": result.feedback_applied,
         "feedback_dropped": result.feedback_dropped,
+    }
+
+
+def _episode_summary(values: dict[str, list[float]]) -> dict[str, Any]:
+    """Per kind of compromise: spam messages scored (`sent`) and accepted before the lock, and time to it."""
+    sent, minutes = values["sent"], values["minutes"]
+    return {
+        "identities": len(sent),
+        "caught": len(minutes),
+        "spam_scored_before_lock": {"median": _percentile(sent, 50), "total": int(sum(sent)), "max": max(sent)},
+        "spam_accepted_before_lock_total": int(sum(values["accepted"])),
+        "minutes_to_lock_median": _percentile(minutes, 50) if minutes else None,
     }
 
 
@@ -381,7 +409,7 @@ def replay_http(
                 continue
             flush_feedback()
             message = dict(event["message"])
-            content = resolve(event["content_ref"])
+            content = event_content(event, resolve)
             if script := message.pop("php_script", None):
                 content = f"X-PHP-Originating-Script: {script}\r\n".encode() + content
             message["raw_base64"] = base64.b64encode(content).decode()

@@ -12,7 +12,8 @@ transactional senders, contact-form PHP scripts, new accounts warming up.
 Compromises: a stolen password used from many client IPs in a burst; a slow drip of
 spam among the owner's mail; a PHP mailer script (a new identity in
 `X-PHP-Originating-Script`); phishing to the account's own contacts; one campaign
-through many accounts at once with the same content. Legitimate surprises: a
+through many accounts at once with the same content (each copy edited as spam runs
+edit theirs: `training.mutations`). Legitimate surprises: a
 newsletter's first big send, a holiday greeting to the whole address book, a
 transactional spike, a user back from a holiday.
 """
@@ -159,6 +160,7 @@ class _Simulation:
         reply_rate: float = 0.0,
         open_rate: float = 0.0,
         unsubscribe_rate: float = 0.0,
+        mutate: bool = False,
     ) -> str | None:
         if at >= self.end or at < START:
             return None
@@ -189,6 +191,7 @@ class _Simulation:
                 "type": "message",
                 "message": request,
                 "content_ref": ref,
+                **({"mutation": int(self.rng.integers(0, 2**31))} if mutate else {}),
                 "truth": {"spam": int(spam), "episode": episode, "account": truth_account, "kind": account.kind},
             },
         )
@@ -396,6 +399,7 @@ class _Simulation:
                     episode=episode_id,
                     invalid_share=0.2,
                     complaint_rate=0.01,
+                    mutate=True,
                 )
         record["end"] = self.last_spam_at.get(record["identity"], start)
         account.episodes.append(record)

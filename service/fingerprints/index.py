@@ -93,6 +93,20 @@ class LshIndex:
             self._merge()
         return slot, evicted
 
+    def add_many(self, hashvalues: np.ndarray) -> list[tuple[int, int | None]]:
+        """Store many (n, NUM_PERM) fingerprints at once, as at start: one table rebuild, not n inserts."""
+        placed = []
+        for _ in range(len(hashvalues)):
+            slot, evicted = self._allocate()
+            self.live[slot] = True
+            self.size += 1
+            placed.append((slot, evicted))
+        slots = np.fromiter((slot for slot, _ in placed), dtype=np.int64, count=len(placed))
+        # A slot reused within this batch keeps the later fingerprint (numpy assigns in order).
+        self.values[slots] = _compact(hashvalues)
+        self.rebuild()
+        return placed
+
     def remove(self, slot: int) -> None:
         if self.live[slot]:
             self.live[slot] = False

@@ -50,8 +50,7 @@ class FingerprintService:
         self.fingerprinter = Fingerprinter()
         self.signatures = SignatureDb(policy.signature_capacity, policy.signature_ttl_seconds, policy.min_similarity)
         self.campaigns = CampaignTracker(policy.campaign)
-        for stored in store.live(time.time(), policy.signature_capacity):
-            self.signatures.load(stored)
+        self.signatures.load_many(store.live(time.time(), policy.signature_capacity))
 
     def lookup(self, fingerprint: Fingerprint | None, key: AccountKey, at: float) -> ContentLookup:
         if fingerprint is None:

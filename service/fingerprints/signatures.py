@@ -95,6 +95,22 @@ class SignatureDb:
         self.sources[slot] = signature.source
         self._slot_of[signature.signature_id] = slot
 
+    def load_many(self, signatures: list[StoredSignature]) -> None:
+        """Load many at once (at start): the same result as `load` one by one, far faster."""
+        if not signatures:
+            return
+        values = np.stack([s.fingerprint.hashvalues for s in signatures])
+        for signature, (slot, evicted) in zip(signatures, self.index.add_many(values), strict=True):
+            if evicted is not None:
+                self._slot_of.pop(int(self.ids[evicted]), None)
+                self.evicted += 1
+            self.ids[slot] = signature.signature_id
+            self.added_at[slot] = signature.added_at
+            self.expires_at[slot] = signature.expires_at
+            self.hits[slot] = 0
+            self.sources[slot] = signature.source
+            self._slot_of[signature.signature_id] = slot
+
     def refresh(self, signature_id: int, expires_at: float) -> None:
         if (slot := self._slot_of.get(signature_id)) is not None:
             self.expires_at[slot] = max(self.expires_at[slot], expires_at)

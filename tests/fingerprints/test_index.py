@@ -132,3 +132,18 @@ def test_a_cluster_remembers_a_bounded_number_of_accounts() -> None:
         view = tracker.observe(content, key(n), at=float(n))
     cluster = tracker.cluster(view.cluster_id)
     assert cluster is not None and len(cluster.senders) == 50
+
+
+def test_loading_many_at_once_finds_what_loading_one_by_one_finds() -> None:
+    rng = np.random.default_rng(9)
+    signatures = [StoredSignature(i, random_fingerprint(rng), "corpus", 0.0, 100.0) for i in range(1, 301)]
+    one_by_one, at_once = SignatureDb(200, 100.0, 0.6), SignatureDb(200, 100.0, 0.6)
+    for signature in signatures:
+        one_by_one.load(signature)
+    at_once.load_many(signatures)
+    assert len(one_by_one) == len(at_once) == 200
+    assert one_by_one.evicted == at_once.evicted == 100
+    for signature in signatures[::7]:
+        query = near_copy(signature.fingerprint, rng, 8)
+        first, second = one_by_one.match(query, 1.0), at_once.match(query, 1.0)
+        assert (first and first.signature_id) == (second and second.signature_id)

@@ -136,3 +136,26 @@ def test_one_content_through_many_accounts_is_announced_as_a_campaign(settings: 
     with sqlite3.connect(settings.sqlite_path) as db:
         types = [r[0] for r in db.execute("SELECT event_type FROM webhook_outbox")]
     assert types == ["campaign.detected"]
+
+
+def test_a_campaign_raises_the_risk_of_the_accounts_sending_it(settings: Settings) -> None:
+    def last_senders_risk(fingerprints: bool) -> list[float]:
+        changed = settings.model_copy(
+            update={"fingerprints": fingerprints, "database_url": f"{settings.database_url}-{fingerprints}"}
+        )
+        with TestClient(create_app(changed)) as client:
+            answers = [
+                score(
+                    client,
+                    f"<r{n}@x>",
+                    copy_of_offer(n),
+                    f"user{n}@example.net",
+                    timestamp=f"2026-09-21T12:{n:02d}:00Z",
+                )
+                for n in range(7)
+            ]
+        return [a["account_risk"] for a in answers]
+
+    without, with_campaigns = last_senders_risk(False), last_senders_risk(True)
+    assert with_campaigns[:4] == without[:4]  # not a campaign yet: the same answers
+    assert all(a > b for a, b in zip(with_campaigns[4:], without[4:], strict=True))
