@@ -32,6 +32,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.fingerprints
 
 train: $(STAMP)
 	$(BIN)/outguard train

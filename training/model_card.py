@@ -61,6 +61,7 @@ sender wrote: text, subject, sender-controlled headers, links, HTML and MIME sha
 
 - Split: {data.get("split", "")}.
 - De-duplication: {data.get("dedup", "")}.
+- Signatures: {data.get("signatures", "not used")}.
 - Leakage: only sender-controlled headers reach a feature (`features/message.py`,
   `SENDER_HEADERS`); `Received`, `Return-Path`, `X-Spam-*`, `List-*`, `X-Mailman-*`,
   `Delivered-To` and the rest of the receiving side's headers are never read.

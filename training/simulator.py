@@ -21,6 +21,7 @@ transactional spike, a user back from a holiday.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,13 +77,24 @@ class Account:
 class ContentPools:
     ham: list[str]
     spam: list[str]
+    campaign: list[str] = field(default_factory=list)  # spam with a message to carry (see content_pools)
+
+
+# A campaign's content carries a message (an offer, a phish, a scam story). Spam that is
+# only an image or a few words of hash-busting noise has nothing a text fingerprint can
+# match; it is left to the per-account decision, which every other episode exercises.
+CAMPAIGN_MIN_WORDS = 40
 
 
 def content_pools(frame: pd.DataFrame, pool: str) -> ContentPools:
     """Corpus references for ham and spam, from the test split (eval) or the rest (train)."""
     chosen = frame[(frame["split"] == "test")] if pool == "eval" else frame[frame["split"] != "test"]
     refs = chosen["source"] + "/" + chosen["name"]
-    return ContentPools(ham=sorted(refs[chosen["label"] == 0]), spam=sorted(refs[chosen["label"] == 1]))
+    spam = chosen["label"] == 1
+    wordy = chosen["text_words_log"] >= math.log1p(CAMPAIGN_MIN_WORDS)
+    return ContentPools(
+        ham=sorted(refs[chosen["label"] == 0]), spam=sorted(refs[spam]), campaign=sorted(refs[spam & wordy])
+    )
 
 
 class _Simulation:
@@ -428,7 +440,8 @@ class _Simulation:
         campaign_pool = [a for j, a in enumerate(accounts) if j not in set(compromised) and a.kind != "php_form"]
         if campaign_pool and self.config.campaign_accounts:
             start = START + float(self.rng.uniform(1.0, max(1.5, self.config.days - 1))) * DAY
-            ref = self.pools.spam[int(self.rng.integers(0, len(self.pools.spam)))]
+            candidates = self.pools.campaign or self.pools.spam
+            ref = candidates[int(self.rng.integers(0, len(candidates)))]
             chosen = self.rng.choice(
                 len(campaign_pool), size=min(self.config.campaign_accounts, len(campaign_pool)), replace=False
             )

@@ -125,6 +125,8 @@ def train_model(frame: pd.DataFrame, config: TrainConfig, console: Console | Non
         "corpora": "SpamAssassin public corpus (all releases) + TREC 2007 public corpus, development part",
         "split": "SpamAssassin -> train; TREC by delivery order: first 70% train, next 10% calibration, last 20% test",
         "dedup": "exact duplicates of the normalised body removed before splitting; later copies dropped",
+        "signatures": "sig_* features from a walk through the serving signature database in delivery order: "
+        "each message matched against spam seen at least 100 messages before it (training.signature_features)",
         "rows": {s: int((frame["split"] == s).sum()) for s in ("train", "calibration", "test")},
         "spam_rows": {s: int(frame.loc[frame["split"] == s, "label"].sum()) for s in ("train", "calibration", "test")},
         "subsampled_to": config.max_rows,

@@ -19,8 +19,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from features.fingerprint import Fingerprint
-from service.fingerprints.index import LshIndex
+from service.fingerprints.index import LshIndex, Probe
 from service.stores import AccountKey
+
+RECOUNT_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,8 @@ class Cluster:
     probability_sum: float = 0.0
     probability_count: int = 0
     detections: int = 0
+    counted_at: float = float("-inf")
+    counts: tuple[int, int, int] = (0, 0, 0)  # senders in the window, new in it, established before it
 
     @property
     def mean_probability(self) -> float:
@@ -72,23 +76,19 @@ class CampaignTracker:
     def __len__(self) -> int:
         return len(self._clusters)
 
-    def observe(self, fingerprint: Fingerprint, key: AccountKey, at: float) -> CampaignView:
+    def observe(self, fingerprint: Fingerprint | Probe, key: AccountKey, at: float) -> CampaignView:
         cluster = self._cluster_for(fingerprint, at)
         senders = cluster.senders
+        known = key in senders
         first, _ = senders.pop(key, (at, at))
         senders[key] = (min(first, at), at)
         while len(senders) > self.policy.max_accounts_per_cluster:
             senders.popitem(last=False)
-        window_start = at - self.policy.window_seconds
-        horizon_start = at - self.policy.horizon_seconds
-        new = established = recent = 0
-        for started, last in senders.values():
-            if last >= window_start:
-                recent += 1
-            if started >= window_start:
-                new += 1
-            elif last >= horizon_start:
-                established += 1
+        # Counting walks every sender: do it when a sender joins, else at most every RECOUNT_SECONDS.
+        if not known or abs(at - cluster.counted_at) >= RECOUNT_SECONDS:
+            cluster.counts = self._count(senders, at)
+            cluster.counted_at = at
+        recent, new, established = cluster.counts
         uptick = new >= self.policy.min_accounts and new >= self.policy.uptick_ratio * (established + 1)
         was_active = cluster.active_until > at
         if uptick:
@@ -105,6 +105,19 @@ class CampaignTracker:
             newly_detected=newly,
         )
 
+    def _count(self, senders: OrderedDict[AccountKey, tuple[float, float]], at: float) -> tuple[int, int, int]:
+        window_start = at - self.policy.window_seconds
+        horizon_start = at - self.policy.horizon_seconds
+        new = established = recent = 0
+        for started, last in senders.values():
+            if last >= window_start:
+                recent += 1
+            if started >= window_start:
+                new += 1
+            elif last >= horizon_start:
+                established += 1
+        return recent, new, established
+
     def record_probability(self, cluster_id: int, probability: float) -> float:
         """Add a scored copy's spam probability; returns the cluster's mean so far."""
         cluster = self._ids.get(cluster_id)
@@ -120,7 +133,7 @@ class CampaignTracker:
     def active(self, now: float) -> list[Cluster]:
         return [c for c in self._clusters.values() if c.active_until > now]
 
-    def _cluster_for(self, fingerprint: Fingerprint, at: float) -> Cluster:
+    def _cluster_for(self, fingerprint: Fingerprint | Probe, at: float) -> Cluster:
         found = self.index.nearest(fingerprint, self.policy.min_similarity)
         if found is not None:
             return self._clusters[found.slot]

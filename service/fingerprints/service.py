@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from features.fingerprint import NO_FINGERPRINT_FEATURES, Fingerprint, Fingerprinter, fingerprint_features
 from service.fingerprints.campaigns import CampaignPolicy, CampaignTracker, CampaignView
+from service.fingerprints.index import Probe
 from service.fingerprints.signatures import SignatureDb, SignatureMatch
 from service.stores import AccountKey
 from service.stores.sqlite_signatures import SqliteSignatureStore
@@ -55,8 +56,9 @@ class FingerprintService:
     def lookup(self, fingerprint: Fingerprint | None, key: AccountKey, at: float) -> ContentLookup:
         if fingerprint is None:
             return NO_LOOKUP
-        match = self.signatures.match(fingerprint, at)
-        campaign = self.campaigns.observe(fingerprint, key, at)
+        probe = Probe.of(fingerprint)
+        match = self.signatures.match(probe, at)
+        campaign = self.campaigns.observe(probe, key, at)
         others = max(campaign.accounts_in_window - 1, 0)
         if match is None:
             features = fingerprint_features(0.0, None, 0, others)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.fingerprint import Fingerprint
-from service.fingerprints.index import LshIndex
+from service.fingerprints.index import LshIndex, Probe
+
+SOURCES = ("admin", "complaint", "verdict", "lock", "corpus", "bench")
 
 # Two entries this alike are the same content: an add refreshes instead of storing another.
 SAME_CONTENT = 0.9
@@ -47,8 +49,7 @@ class SignatureDb:
         self.added_at = np.zeros(capacity, dtype=np.float64)
         self.expires_at = np.zeros(capacity, dtype=np.float64)
         self.hits = np.zeros(capacity, dtype=np.int64)
-        self.sources: list[str] = [""] * capacity
-        self._slot_of: dict[int, int] = {}
+        self.source_codes = np.zeros(capacity, dtype=np.uint8)
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -57,9 +58,9 @@ class SignatureDb:
     @property
     def nbytes(self) -> int:
         meta = self.ids.nbytes + self.added_at.nbytes + self.expires_at.nbytes + self.hits.nbytes
-        return self.index.nbytes + meta + 8 * len(self.sources) + 100 * len(self._slot_of)
+        return self.index.nbytes + meta + self.source_codes.nbytes
 
-    def match(self, fingerprint: Fingerprint, now: float) -> SignatureMatch | None:
+    def match(self, fingerprint: Fingerprint | Probe, now: float) -> SignatureMatch | None:
         """The best live match at or above the similarity threshold; counts a hit on it."""
         found = self.index.nearest(fingerprint, self.min_similarity)
         if found is None:
@@ -74,7 +75,7 @@ class SignatureDb:
             similarity=found.similarity,
             age_seconds=max(0.0, now - float(self.added_at[slot])),
             hits=int(self.hits[slot]) - 1,  # matches before this one
-            source=self.sources[slot],
+            source=SOURCES[self.source_codes[slot]],
         )
 
     def same_content(self, fingerprint: Fingerprint) -> int | None:
@@ -85,15 +86,16 @@ class SignatureDb:
     def load(self, signature: StoredSignature) -> None:
         """Put a stored signature in the index (at start, or after it was written)."""
         slot, evicted = self.index.add(signature.fingerprint)
+        self._place(slot, evicted, signature)
+
+    def _place(self, slot: int, evicted: int | None, signature: StoredSignature) -> None:
         if evicted is not None:
-            self._slot_of.pop(int(self.ids[evicted]), None)
             self.evicted += 1
         self.ids[slot] = signature.signature_id
         self.added_at[slot] = signature.added_at
         self.expires_at[slot] = signature.expires_at
         self.hits[slot] = 0
-        self.sources[slot] = signature.source
-        self._slot_of[signature.signature_id] = slot
+        self.source_codes[slot] = SOURCES.index(signature.source)
 
     def load_many(self, signatures: list[StoredSignature]) -> None:
         """Load many at once (at start): the same result as `load` one by one, far faster."""
@@ -101,18 +103,15 @@ class SignatureDb:
             return
         values = np.stack([s.fingerprint.hashvalues for s in signatures])
         for signature, (slot, evicted) in zip(signatures, self.index.add_many(values), strict=True):
-            if evicted is not None:
-                self._slot_of.pop(int(self.ids[evicted]), None)
-                self.evicted += 1
-            self.ids[slot] = signature.signature_id
-            self.added_at[slot] = signature.added_at
-            self.expires_at[slot] = signature.expires_at
-            self.hits[slot] = 0
-            self.sources[slot] = signature.source
-            self._slot_of[signature.signature_id] = slot
+            self._place(slot, evicted, signature)
+
+    def _slot_of(self, signature_id: int) -> int | None:
+        """The live slot holding this signature (a scan: only admin and feedback changes ask)."""
+        found = np.flatnonzero((self.ids == signature_id) & self.index.live)
+        return int(found[0]) if len(found) else None
 
     def refresh(self, signature_id: int, expires_at: float) -> None:
-        if (slot := self._slot_of.get(signature_id)) is not None:
+        if (slot := self._slot_of(signature_id)) is not None:
             self.expires_at[slot] = max(self.expires_at[slot], expires_at)
 
     def matching_ids(self, fingerprint: Fingerprint) -> list[int]:
@@ -125,7 +124,7 @@ class SignatureDb:
 
     def remove(self, signature_ids: list[int]) -> None:
         for signature_id in signature_ids:
-            if (slot := self._slot_of.get(signature_id)) is not None:
+            if (slot := self._slot_of(signature_id)) is not None:
                 self._drop(slot)
 
     def expire(self, now: float) -> int:
@@ -135,5 +134,4 @@ class SignatureDb:
         return len(stale)
 
     def _drop(self, slot: int) -> None:
-        self._slot_of.pop(int(self.ids[slot]), None)
         self.index.remove(slot)

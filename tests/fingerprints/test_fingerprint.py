@@ -78,3 +78,20 @@ def test_features_are_neutral_without_a_match() -> None:
     assert matched["sig_age_days_log"] == pytest.approx(np.log(2))
     assert matched["sig_hits_log"] == pytest.approx(np.log(4))
     assert matched["campaign_accounts_log"] == pytest.approx(np.log(5))
+
+
+def test_the_vectorised_minhash_is_datasketchs(fingerprinter: Fingerprinter) -> None:
+    from datasketch import MinHash
+
+    from features.fingerprint import SCHEME
+
+    hashes = np.random.default_rng(2).integers(0, 2**32, 500, dtype=np.uint32)
+    reference = MinHash(
+        num_perm=NUM_PERM,
+        seed=fingerprinter.seed,
+        hashfunc=int,
+        permutations=fingerprinter.permutations,
+        scheme=SCHEME,
+    )
+    reference.update_batch(hashes.tolist())
+    assert np.array_equal(fingerprinter.minhash(hashes), reference.hashvalues)

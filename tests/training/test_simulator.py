@@ -112,3 +112,22 @@ def test_the_threshold_sweep_trades_delay_for_false_locks(frame: pd.DataFrame, t
     assert missed == sorted(missed)
     plot_sweep(rows, 10.6, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_campaigns_copies_differ_but_fingerprint_alike(frame: pd.DataFrame) -> None:
+    from features.content import content_features
+    from features.fingerprint import Fingerprinter
+    from features.message import parse_raw
+    from tests.conftest import DATA_DIR
+    from training.replay import event_content
+
+    events, _ = simulate(SimulationConfig(accounts=200, days=3, seed=8), content_pools(frame, "eval"))
+    copies = [e for e in events if e["type"] == "message" and (e["truth"]["episode"] or "").startswith("campaign:")]
+    assert len({e["content_ref"] for e in copies}) == 1
+    assert len({e["mutation"] for e in copies}) == len(copies)
+    resolve = corpus_resolver(DATA_DIR, PROJECT_ROOT / ".cache")
+    contents = [event_content(e, resolve) for e in copies[:10]]
+    assert len(set(contents)) == 10  # no two copies byte-identical
+    fingerprinter = Fingerprinter()
+    prints = [fingerprinter.fingerprint(content_features(parse_raw(c)).document) for c in contents]
+    assert all(p is not None and prints[0].similarity(p) >= 0.6 for p in prints)
