@@ -381,10 +381,24 @@ class Scorer:
                 message_id=item.message.message_id,
             )
 
+    async def _raise_campaign_senders(self, item: _Pending) -> None:
+        """A campaign just detected raises the risk of every account that sent it, not only the next one's."""
+        if self.fingerprints is None:
+            return
+        senders, evidence = self.fingerprints.earlier_senders(item.content, item.message.timestamp, item.key)
+        if evidence <= 0:
+            return
+        for key in senders:
+            state = await self.accounts.get(key)
+            if not state.locked:
+                state.evidence += evidence
+                await self.accounts.put(key, state)
+
     async def _announce_campaign(self, item: _Pending, probability: float) -> None:
         campaign = item.content.campaign
         if campaign is None or not campaign.newly_detected or self.fingerprints is None:
             return
+        await self._raise_campaign_senders(item)
         cluster = self.fingerprints.campaigns.cluster(campaign.cluster_id)
         senders = [f"{k.relay}/{k.account}" for k in cluster.senders][-MAX_CAMPAIGN_ACCOUNTS_LISTED:] if cluster else []
         self.metrics.campaigns_detected.inc()

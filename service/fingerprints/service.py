@@ -75,6 +75,20 @@ class FingerprintService:
             return 0.0
         return self.policy.campaign_evidence * min(1.0, mean / FULL_EVIDENCE_AT)
 
+    def earlier_senders(self, lookup: ContentLookup, at: float, sender: AccountKey) -> tuple[list[AccountKey], float]:
+        """At a campaign's detection: the other accounts that sent it within the window, and the
+        evidence each gets now (the same share of `campaign_evidence` as the message's own)."""
+        campaign = lookup.campaign
+        if campaign is None or not campaign.newly_detected:
+            return [], 0.0
+        cluster = self.campaigns.cluster(campaign.cluster_id)
+        if cluster is None:
+            return [], 0.0
+        since = at - self.policy.campaign.window_seconds
+        senders = [key for key, (_, last) in cluster.senders.items() if last >= since and key != sender]
+        evidence = self.policy.campaign_evidence * min(1.0, cluster.mean_probability / FULL_EVIDENCE_AT)
+        return senders, evidence
+
     async def add(
         self,
         fingerprint: Fingerprint,

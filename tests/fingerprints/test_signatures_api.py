@@ -139,7 +139,7 @@ def test_one_content_through_many_accounts_is_announced_as_a_campaign(settings: 
 
 
 def test_a_campaign_raises_the_risk_of_the_accounts_sending_it(settings: Settings) -> None:
-    def last_senders_risk(fingerprints: bool) -> list[float]:
+    def risks(fingerprints: bool) -> list[float]:
         changed = settings.model_copy(
             update={"fingerprints": fingerprints, "database_url": f"{settings.database_url}-{fingerprints}"}
         )
@@ -154,8 +154,12 @@ def test_a_campaign_raises_the_risk_of_the_accounts_sending_it(settings: Setting
                 )
                 for n in range(7)
             ]
-        return [a["account_risk"] for a in answers]
+            # The first sender writes again, about something else: its risk carries the campaign's.
+            again = score(
+                client, "<r0b@x>", make_raw(body=MINUTES), "user0@example.net", timestamp="2026-09-21T12:08:00Z"
+            )
+        return [a["account_risk"] for a in [*answers, again]]
 
-    without, with_campaigns = last_senders_risk(False), last_senders_risk(True)
+    without, with_campaigns = risks(False), risks(True)
     assert with_campaigns[:4] == without[:4]  # not a campaign yet: the same answers
     assert all(a > b for a, b in zip(with_campaigns[4:], without[4:], strict=True))
