@@ -27,6 +27,17 @@ ShortText = Annotated[Text, StringConstraints(max_length=998)]
 Relay = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
 
 
+def _valid_base64(value: str) -> str:
+    try:
+        base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"not valid base64: {exc}") from None
+    return value
+
+
+Base64Text = Annotated[str, AfterValidator(_valid_base64)]
+
+
 class AttachmentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -66,7 +77,7 @@ class MessageIn(BaseModel):
     queue_id: ShortText | None = Field(default=None, description="The relay's queue id, to match bounces by")
     recipients: list[ShortText] = Field(default_factory=list)
     raw: Text | None = Field(default=None, description="The whole RFC 5322 message, as text")
-    raw_base64: str | None = Field(
+    raw_base64: Base64Text | None = Field(
         default=None, description="The whole RFC 5322 message, base64 of its bytes: exact for 8-bit mail"
     )
     headers: list[tuple[Text, Text]] | None = None
@@ -89,16 +100,6 @@ class MessageIn(BaseModel):
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-    @field_validator("raw_base64")
-    @classmethod
-    def _valid_base64(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                base64.b64decode(value, validate=True)
-            except binascii.Error as exc:
-                raise ValueError(f"not valid base64: {exc}") from None
-        return value
 
     @model_validator(mode="after")
     def _one_content_shape(self) -> MessageIn:

@@ -8,19 +8,19 @@ how full the database is; `GET /v1/campaigns` lists the campaigns active now.
 from __future__ import annotations
 
 import base64
-import binascii
 import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from features.content import content_features
 from features.fingerprint import Fingerprint
 from features.message import parse_raw
 from service.api.common import ContainerDep, json_response
-from service.api.routes import ERRORS
+from service.api.routes import ERRORS, raw_size
+from service.api.schemas import Base64Text, Text
 from service.container import Container
 from service.errors import InvalidInput, NotFound, PayloadTooLarge
 from service.fingerprints.service import FingerprintService
@@ -43,20 +43,10 @@ class SignatureIn(BaseModel):
     relay: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
         default=None, description="Prefer the copy scored through this relay"
     )
-    raw: str | None = Field(default=None, description="A whole RFC 5322 message, as text")
-    raw_base64: str | None = Field(default=None, description="A whole RFC 5322 message, base64 of its bytes")
+    raw: Text | None = Field(default=None, description="A whole RFC 5322 message, as text")
+    raw_base64: Base64Text | None = Field(default=None, description="A whole RFC 5322 message, base64 of its bytes")
     actor: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     note: Annotated[str, StringConstraints(max_length=2000)] | None = None
-
-    @field_validator("raw_base64")
-    @classmethod
-    def _valid_base64(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                base64.b64decode(value, validate=True)
-            except binascii.Error as exc:
-                raise ValueError(f"not valid base64: {exc}") from None
-        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> SignatureIn:
@@ -80,11 +70,11 @@ async def _fingerprint_of(item: SignatureIn, container: Container, service: Fing
         if ref.fingerprint is None:
             raise InvalidInput(f"message {item.message_id!r} had too little text to fingerprint")
         return Fingerprint.from_bytes(ref.fingerprint)
-    raw = (
-        item.raw.encode("utf-8", "surrogateescape") if item.raw is not None else base64.b64decode(item.raw_base64 or "")
-    )
-    if len(raw) > container.settings.max_raw_bytes:
-        raise PayloadTooLarge(f"raw is {len(raw)} bytes, over the limit of {container.settings.max_raw_bytes} bytes")
+    # The same size rule and parser as scoring (`Text` has already replaced lone surrogates).
+    raw: str | bytes = item.raw if item.raw is not None else base64.b64decode(item.raw_base64 or "")
+    size = raw_size(raw) if isinstance(raw, str) else len(raw)
+    if size > container.settings.max_raw_bytes:
+        raise PayloadTooLarge(f"raw is {size} bytes, over the limit of {container.settings.max_raw_bytes} bytes")
     fingerprint = service.fingerprinter.fingerprint(content_features(parse_raw(raw)).document)
     if fingerprint is None:
         raise InvalidInput("the message has too little text to fingerprint (fewer than 8 words)")

@@ -71,9 +71,10 @@ class FingerprintService:
         if lookup.campaign is None:
             return 0.0
         mean = self.campaigns.record_probability(lookup.campaign.cluster_id, probability)
-        if not lookup.campaign.active:
-            return 0.0
-        return self.policy.campaign_evidence * min(1.0, mean / FULL_EVIDENCE_AT)
+        return self._scaled_evidence(mean) if lookup.campaign.active else 0.0
+
+    def _scaled_evidence(self, mean_probability: float) -> float:
+        return self.policy.campaign_evidence * min(1.0, mean_probability / FULL_EVIDENCE_AT)
 
     def earlier_senders(self, lookup: ContentLookup, at: float, sender: AccountKey) -> tuple[list[AccountKey], float]:
         """At a campaign's detection: the other accounts that sent it within the window, and the
@@ -86,8 +87,7 @@ class FingerprintService:
             return [], 0.0
         since = at - self.policy.campaign.window_seconds
         senders = [key for key, (_, last) in cluster.senders.items() if last >= since and key != sender]
-        evidence = self.policy.campaign_evidence * min(1.0, cluster.mean_probability / FULL_EVIDENCE_AT)
-        return senders, evidence
+        return senders, self._scaled_evidence(cluster.mean_probability)
 
     async def add(
         self,

@@ -89,6 +89,9 @@ def test_bad_signature_requests_say_what_is_wrong(client: TestClient) -> None:
         "/v1/signatures", json={"raw_base64": base64.b64encode(copy_of_offer(1).encode()).decode(), **ADMIN}
     )
     assert ok64.status_code == 201
+    surrogate = '{"raw": "Subject: x\\r\\n\\r\\n' + "word " * 20 + '\\ud800", "actor": "a"}'
+    lone = client.post("/v1/signatures", content=surrogate, headers={"content-type": "application/json"})
+    assert lone.status_code == 201, lone.text  # a lone surrogate is replaced, as in scoring, not a 500
 
 
 def test_a_complaint_about_spam_like_content_makes_a_signature(client: TestClient) -> None:
