@@ -1,4 +1,4 @@
-"""The `outguard` command line: serve, train, evaluate."""
+"""The `outguard` command line: serve, train, evaluate, simulate, replay, signatures."""
 
 from __future__ import annotations
 
@@ -215,6 +215,62 @@ def replay(
         if key != "falsely_locked":
             table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
     console.print(table)
+
+
+signatures_app = typer.Typer(help="The known-spam signature database.", no_args_is_help=True)
+app.add_typer(signatures_app, name="signatures")
+
+
+@signatures_app.command("import")
+def import_signatures(
+    paths: Annotated[list[Path], typer.Argument(help="mbox files, Maildirs, folders of messages, or messages")],
+    actor: Annotated[str, typer.Option(help="Who imports them (kept with each signature)")] = "import",
+    note: Annotated[str | None, typer.Option(help="A note kept with each signature")] = None,
+) -> None:
+    """Add known spam from mail files to the signature database (source `corpus`).
+
+    Writes to the database of OUTGUARD_DATABASE_URL; a running service loads the new
+    signatures at its next start (POST /v1/signatures adds to a running one).
+    """
+    import asyncio
+    import time
+
+    from rich.progress import Progress
+
+    from service.fingerprints.importer import NotMail, import_messages, messages_in
+    from service.fingerprints.service import FingerprintService
+    from service.stores.sqlite import SqliteDatabase
+    from service.stores.sqlite_signatures import SqliteSignatureStore
+
+    settings = Settings()
+    if not settings.fingerprints:
+        console.print("[red]Content fingerprints are switched off (OUTGUARD_FINGERPRINTS=false).[/red]")
+        raise typer.Exit(2)
+    database = SqliteDatabase(settings.sqlite_path, settings.event_queue_max)
+    try:
+        service = FingerprintService(settings.fingerprint_policy, SqliteSignatureStore(database))
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("importing", total=None)
+            result = asyncio.run(
+                import_messages(
+                    service,
+                    messages_in(paths),
+                    actor=actor,
+                    at=time.time(),
+                    note=note,
+                    on_message=lambda r: bar.update(task, completed=r.read),
+                )
+            )
+    except NotMail as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from error
+    finally:
+        database.close()
+    console.print(
+        f"{result.read:,} messages read: {result.added:,} signatures added, {result.refreshed:,} already held "
+        f"(refreshed), {result.too_short:,} too short to fingerprint; "
+        f"{len(service.signatures):,} live signatures of {settings.signature_capacity:,}."
+    )
 
 
 def _thresholds(settings: Settings) -> dict[str, float]:
