@@ -144,6 +144,10 @@ async def build_incident(sources: IncidentSources, key: AccountKey) -> dict[str,
         "reply_rate": round(rates["eng_reply_rate"], 4),
         "feedback_recipients": round(engagement.recipients, 1) if engagement else 0.0,
         "sample_subjects": subjects,
+        # Content fingerprints: known spam it sent, and how many others sent the same content.
+        "matched_known_spam": sum(1 for v in vectors if v[FEATURE_INDEX["sig_similarity"]] > 0),
+        "most_accounts_sending_its_content": 1
+        + max((round(math.expm1(v[FEATURE_INDEX["campaign_accounts_log"]])) for v in vectors), default=0),
         "top_reasons": _top_reasons(sources.model, vectors[:500]),
     }
     lock = next((h for h in history if h["action"] in ("locked", "locked_temporary")), None)

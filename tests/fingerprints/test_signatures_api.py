@@ -59,6 +59,8 @@ def test_added_content_matches_its_copies_until_removed(client: TestClient, sett
     score(client, "<copy2@example.net>", copy_of_offer(5))
     flush(client)
     assert logged_feature(settings, "<copy2@example.net>", "sig_similarity") == 0.0
+    incident = client.get("/v1/accounts/default/alice%40example.net/incident").json()
+    assert incident["what_was_seen"]["matched_known_spam"] == 1  # copy1, before the removal
     with sqlite3.connect(settings.sqlite_path) as db:
         assert db.execute("SELECT removed_by FROM signatures").fetchall() == [("abuse-desk",)]
 
@@ -133,6 +135,11 @@ def test_one_content_through_many_accounts_is_announced_as_a_campaign(settings: 
             stamp = f"2026-09-21T12:{n:02d}:00Z"
             score(client, f"<c{n}@example.net>", copy_of_offer(n), account=f"user{n}@example.net", timestamp=stamp)
         active = client.get("/v1/campaigns", params={"at": at}).json()["campaigns"]
+        flush(client)
+        incident = client.get("/v1/accounts/default/user6%40example.net/incident").json()
+        markdown = client.get("/v1/accounts/default/user6%40example.net/incident", params={"format": "markdown"})
+    assert incident["what_was_seen"]["most_accounts_sending_its_content"] == 7
+    assert "sent by up to 7 accounts (this one included) within an hour" in markdown.text
     [campaign] = active
     assert len(campaign["accounts"]) == 7
     assert campaign["mean_spam_probability"] >= 0.5
