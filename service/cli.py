@@ -156,6 +156,10 @@ def replay(
         Path | None, typer.Option(help="Also sweep the lock threshold (auto-lock off) and plot it to this PNG")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+    keep_events: Annotated[
+        Path | None,
+        typer.Option(help="Keep the replay's event log (SQLite) here, for `outguard train --from-events`"),
+    ] = None,
 ) -> None:
     """Replay a simulated log through the service; report per-account metrics."""
     import tempfile
@@ -179,7 +183,7 @@ def replay(
     base = Settings()
     resolve = corpus_resolver(base.data_dir, base.cache_dir)
 
-    def run(lock: bool, label: str):
+    def run(lock: bool, label: str, keep: Path | None = None):
         with (
             tempfile.TemporaryDirectory(prefix="outguard-replay-") as tmp,
             Progress(console=console, transient=True) as bar,
@@ -189,12 +193,16 @@ def replay(
             if url is not None:
                 return replay_http(events, url, resolve, token, advance)
             policy = base.relay_policy.model_copy(update={"auto_lock": lock})
+            database = keep or Path(tmp) / "replay.db"
+            if database.exists():
+                raise typer.BadParameter(f"{database} exists; --keep-events writes a new event log")
+            database.parent.mkdir(parents=True, exist_ok=True)
             settings = base.model_copy(
-                update={"database_url": f"sqlite:///{tmp}/replay.db", "state_dir": Path(tmp), "relay_policy": policy}
+                update={"database_url": f"sqlite:///{database}", "state_dir": Path(tmp), "relay_policy": policy}
             )
             return replay_sync(events, settings, resolve, advance)
 
-    metrics = account_metrics(run(auto_lock, "replaying"), truth["accounts"], days)
+    metrics = account_metrics(run(auto_lock, "replaying", keep_events), truth["accounts"], days)
     if sweep is not None:
         if url is not None:
             raise typer.BadParameter("--sweep needs the in-process replay (the evidence is not in the API)")

@@ -142,8 +142,8 @@ on (the corpus test split): {replay["messages"]:,} messages ({replay["spam_messa
 
 | measure | reached | goal |
 | --- | --- | --- |
-| spam messages accepted before lock, median | {delay["median"]} | at most 3 |
-| spam messages accepted before lock, p90 | {delay["p90"]} | at most 10 |
+| spam messages accepted before lock, median | {_num(delay["median"])} | at most 3 |
+| spam messages accepted before lock, p90 | {_num(delay["p90"])} | at most 10 |
 | spam messages accepted before lock, max | {delay["max"]} | |
 | minutes from compromise to lock, median / p90 | {_num(minutes.get("median"))} / {_num(minutes.get("p90"))} | |
 | compromised identities never caught | {len(never)} | |
