@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from models.registry import ModelRegistry
     from service.fingerprints.service import FingerprintPolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ModelSource = Literal["dir", "registry"]
 
 
 class Scope(StrEnum):
@@ -131,6 +133,29 @@ class Settings(BaseSettings):
     )
     campaign_capacity: int = Field(default=200_000, ge=1, description="Content clusters tracked (oldest evicted)")
 
+    # -- models: the registry, hot reload, shadow scoring, the promotion gate
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking and registry URI (default: SQLite under state_dir/mlflow)"
+    )
+    mlflow_experiment: str = Field(default="outguard", description="MLflow experiment for training runs")
+    registry_model_name: str = Field(default="outguard", description="Registered model name")
+    model_source: ModelSource = Field(
+        default="dir", description="Serve the bundle in model_dir, or the registry's `champion`"
+    )
+    model_poll_s: float = Field(
+        default=0.0, ge=0, description="With model_source=registry: how often to look for a new champion (0: never)"
+    )
+    shadow_model: str | None = Field(
+        default=None,
+        description="A second model that scores the same traffic without acting: a registry alias "
+        "(`challenger`) or a bundle directory",
+    )
+    gate_metrics: list[str] = Field(
+        default_factory=lambda: ["pr_auc", "recall_at_fpr_1pct"],
+        description="Test metrics a new model must not lose on (and must win at least one of) to be promoted",
+    )
+    gate_tolerance: float = Field(default=0.002, ge=0, description="How much worse a gate metric may be and still pass")
+
     # -- webhooks
     public_url: str = Field(default="http://127.0.0.1:8000", description="How subscribers reach this service (links)")
     webhook_allow_private: bool = Field(
@@ -194,6 +219,24 @@ class Settings(BaseSettings):
             ),
             campaign_evidence=self.campaign_evidence,
             complaint_min_probability=self.signature_complaint_min_probability,
+        )
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.state_dir / 'mlflow' / 'mlflow.db').resolve()}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path | None:
+        """Where runs keep their artifacts with the default local store (an MLflow server decides its own)."""
+        return None if self.mlflow_tracking_uri else self.state_dir / "mlflow" / "artifacts"
+
+    def model_registry(self) -> ModelRegistry:
+        from models.registry import ModelRegistry
+
+        return ModelRegistry(
+            self.tracking_uri, self.registry_model_name, self.mlflow_experiment, self.mlflow_artifact_root
         )
 
     @property

@@ -162,7 +162,86 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def render_event_model_card(bundle: ModelBundle) -> str:
+    """The card of a model retrained from the service's own events (`training.train_events`)."""
+    test = bundle.metrics.get("test", {})
+    champion = bundle.metrics.get("champion_test", {})
+    data = bundle.data
+    gains = bundle.booster.feature_importance(importance_type="gain")
+    names = bundle.model_features
+    order = np.argsort(gains)[::-1][:15]
+    importance_rows = "\n".join(
+        f"| `{names[i]}` | {gains[i] / max(gains.sum(), 1e-12):.3f} | {BY_NAME[names[i]].description} |" for i in order
+    )
+    rows, spam = data.get("rows", {}), data.get("spam_rows", {})
+    split_rows = "\n".join(f"| {s} | {rows.get(s, 0)} | {spam.get(s, 0)} |" for s in ("train", "calibration", "test"))
+    metric_rows = "\n".join(
+        f"| {label} | {_num(test.get(key), 4)} | {_num(champion.get(key), 4) if champion else 'n/a'} |"
+        for label, key in (
+            ("ROC AUC", "roc_auc"),
+            ("PR AUC", "pr_auc"),
+            ("spam recall at 0.1% false-positive rate", "recall_at_fpr_0.1pct"),
+            ("spam recall at 1% false-positive rate", "recall_at_fpr_1pct"),
+            ("expected calibration error (10 bins)", "ece"),
+        )
+    )
+    replay_section = _replay_section(bundle.metrics.get("account_replay"))
+    gate = bundle.metrics.get("gate")
+    gate_section = (
+        f"## Promotion gate\n\n{'Passed' if gate['passed'] else 'Refused'}: " + "; ".join(gate["reasons"]) + ".\n\n"
+        if gate
+        else ""
+    )
+    return f"""# Model card: `{bundle.version}`
+
+A model retrained from the service's own events: each scored message's feature vector
+as it was logged, labelled by what followed (feedback, admin verdicts, locks).
+
+- **Model**: LightGBM ({bundle.params.get("num_boost_round")} trees, {bundle.params.get("num_leaves")} leaves)
+  over {len(names)} features: content, the hashed text model ({bundle.params.get("text_model")}),
+  account behaviour, engagement and fingerprints. Monotone where the direction is known:
+  {", ".join(f"`{k}` {'+' if v > 0 else '-'}" for k, v in sorted(bundle.params.get("monotone", {}).items()))}.
+- **Training engine**: {data.get("engine", "local")}.
+- **Calibration**: Platt scaling on the validation split at equal class priors.
+- **Feature spec**: version `{bundle.feature_spec_version}` (`features/spec.py`).
+
+## Data
+
+{data.get("source", "")}; dataset `{data.get("dataset", "")}`.
+
+- Split: {data.get("split", "")}.
+- Labels: admin verdicts; complaints (spam), replies and not-spam reports (ham); the
+  spam-like mail of accounts confirmed compromised; the mail of accounts cleared after a
+  false lock (ham); otherwise, mail nobody objected to once its feedback window closed
+  (ham, at a lower weight). See `training/events.py`.
+
+| split | messages | spam |
+| --- | --- | --- |
+{split_rows}
+
+## Held-out test (the newest messages), against the champion on the same rows
+
+| metric | this model | champion |
+| --- | --- | --- |
+{metric_rows}
+
+{gate_section}{replay_section}## What drives it (share of total gain, top 15)
+
+| feature | gain share | meaning |
+| --- | --- | --- |
+{importance_rows}
+
+## Limits
+
+- Labels come from what the service and its admins saw: spam nobody complained about
+  from an account that was never caught is labelled ham, and locks made on this
+  model's own scores feed its next training (a feedback loop the admin verdicts and the
+  gate's held-out replay keep in check).
+"""
+
+
 def write_model_card(bundle: ModelBundle, directory: Path) -> Path:
     path = directory / CARD_FILE
-    path.write_text(render_model_card(bundle))
+    from_events = bundle.version.startswith("events-")
+    path.write_text(render_event_model_card(bundle) if from_events else render_model_card(bundle))
     return path

@@ -438,3 +438,19 @@ def replay_http(
                 progress(n)
         flush_feedback()
     return result
+
+
+def replay_folder(
+    log: Path,
+    settings: Settings,
+    database: Path,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Replay a folder written by `outguard simulate` into the event log at `database`; its account metrics."""
+    import orjson
+
+    truth = orjson.loads((log / "truth.json").read_bytes())
+    events = [orjson.loads(line) for line in (log / "events.jsonl").open("rb")]
+    run_settings = settings.model_copy(update={"database_url": f"sqlite:///{database}", "state_dir": database.parent})
+    result = replay_sync(events, run_settings, corpus_resolver(settings.data_dir, settings.cache_dir), progress)
+    return account_metrics(result, truth["accounts"], truth["config"]["days"])

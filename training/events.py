@@ -1,0 +1,315 @@
+"""Training data from the service's own event log, streamed to Parquet.
+
+Every scored message was logged with its feature vector exactly as the model saw it
+(`scored_messages.features`). What happened next decides its label, strongest first:
+
+1. an admin verdict on the message (`spam` or `ham`);
+2. a complaint (spam), or a reply or `not_spam` report (ham);
+3. the account's fate: an account confirmed compromised at time T (a `compromised`
+   verdict, a lock by a person, or an automatic lock that no `clean` verdict undid)
+   makes its spam-like messages (p >= `compromise_min_probability`) in the
+   `lookback_s` before T spam; a `clean` verdict after an automatic lock makes the
+   account's messages in the `lookback_s` before that lock ham (a false lock, the
+   most valuable correction);
+4. otherwise a message from an account with no lock, complaint or compromise around it
+   is ham with the lower weight `implicit_ham_weight`: nobody objected to it.
+
+A message is labelled only once its feedback window has closed (`label_delay_s` before
+`as_of`, the log's own newest time by default, so a replayed log labels the same way).
+Rows are split by time: the oldest share trains, the next validates (early stopping,
+calibration), the newest tests. Rows are read and written in chunks, so memory stays
+bounded whatever the log's size.
+"""
+
+from __future__ import annotations
+
+import bisect
+import sqlite3
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from features.spec import FEATURE_NAMES, FEATURE_SPEC_VERSION
+
+SPLITS = ("train", "validation", "test")
+DATASET_FILE = "events.parquet"
+CHUNK_ROWS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class LabelPolicy:
+    label_delay_s: float = 2 * 86_400.0
+    lookback_s: float = 86_400.0
+    compromise_min_probability: float = 0.5
+    implicit_ham_weight: float = 0.3
+    split_shares: tuple[float, float, float] = (0.7, 0.15, 0.15)
+
+
+@dataclass(slots=True)
+class _Periods:
+    """An account's confirmed compromises and cleared false locks, as sorted times."""
+
+    compromised: list[float] = field(default_factory=list)
+    cleared: list[float] = field(default_factory=list)  # automatic locks a `clean` verdict undid
+    flagged: list[float] = field(default_factory=list)  # any lock or compromise, confirmed or not
+
+    @staticmethod
+    def _near(times: list[float], ts: float, before: float, after: float) -> bool:
+        i = bisect.bisect_left(times, ts - after)
+        return i < len(times) and times[i] <= ts + before
+
+    def compromised_soon_after(self, ts: float, lookback: float) -> bool:
+        return self._near(self.compromised, ts, lookback, 0.0)
+
+    def cleared_soon_after(self, ts: float, lookback: float) -> bool:
+        return self._near(self.cleared, ts, lookback, 0.0)
+
+    def flagged_near(self, ts: float, lookback: float) -> bool:
+        return self._near(self.flagged, ts, lookback, lookback)
+
+
+@dataclass(slots=True)
+class DatasetSummary:
+    path: Path
+    as_of: float
+    rows: dict[str, int]
+    spam: dict[str, int]
+    by_source: dict[str, int]
+    skipped_other_spec: int
+    unlabelled: int
+    split_times: tuple[float, float]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "path": str(self.path),
+            "as_of": self.as_of,
+            "rows": self.rows,
+            "spam": self.spam,
+            "by_source": self.by_source,
+            "skipped_other_spec": self.skipped_other_spec,
+            "unlabelled": self.unlabelled,
+            "split_times": list(self.split_times),
+        }
+
+
+def _account_periods(connection: sqlite3.Connection, policy: LabelPolicy, as_of: float) -> dict[tuple, _Periods]:
+    """Per (relay, account): when it was confirmed compromised and when a false lock was cleared."""
+    events: dict[tuple, list[tuple[float, str]]] = defaultdict(list)
+    for relay, account, ts, actor in connection.execute(
+        "SELECT relay, account, ts, actor FROM audit_log WHERE action IN ('locked', 'locked_temporary') ORDER BY ts"
+    ):
+        events[(relay, account)].append((ts, "auto_lock" if actor == "outguard" else "admin_lock"))
+    for relay, account, ts, label in connection.execute(
+        "SELECT relay, account, ts, label FROM labels WHERE target = 'account' ORDER BY ts"
+    ):
+        events[(relay, account)].append((ts, label))
+    periods: dict[tuple, _Periods] = {}
+    for key, items in events.items():
+        items.sort()
+        found = periods.setdefault(key, _Periods())
+        for i, (ts, kind) in enumerate(items):
+            if kind in ("compromised", "admin_lock"):
+                found.compromised.append(ts)
+                found.flagged.append(ts)
+            elif kind == "auto_lock":
+                found.flagged.append(ts)
+                window_end = ts + policy.label_delay_s
+                undone = any(k == "clean" and ts <= t <= window_end for t, k in items[i + 1 :])
+                if undone:
+                    found.cleared.append(ts)
+                elif window_end <= as_of:
+                    found.compromised.append(ts)
+    return periods
+
+
+_ROWS = """
+SELECT s.id, s.ts, s.relay, s.account, s.message_id, s.feature_spec_version, s.features, s.spam_probability,
+    (SELECT l.label FROM labels l WHERE l.target = 'message' AND l.message_id = s.message_id
+        ORDER BY l.ts DESC LIMIT 1) AS verdict,
+    coalesce(f.complaints, 0) AS complaints, coalesce(f.ham_signals, 0) AS ham_signals
+FROM scored_messages s
+LEFT JOIN (
+    SELECT message_id, relay, sum(type = 'complaint') AS complaints,
+        sum(type IN ('reply', 'not_spam')) AS ham_signals
+    FROM feedback_events WHERE matched = 1 AND message_id IS NOT NULL GROUP BY message_id, relay
+) f ON f.message_id = s.message_id AND f.relay = s.relay
+WHERE s.features IS NOT NULL AND s.ts <= ?
+ORDER BY s.ts, s.id
+"""
+
+
+def label_for(row: sqlite3.Row, periods: _Periods | None, policy: LabelPolicy) -> tuple[int, float, str] | None:
+    """(label, weight, source) for one logged message, or None while nothing is known."""
+    if row["verdict"] in ("spam", "ham"):
+        return (1 if row["verdict"] == "spam" else 0), 1.0, "verdict"
+    if row["complaints"] > 0:
+        return 1, 1.0, "complaint"
+    if row["ham_signals"] > 0:
+        return 0, 1.0, "reply"
+    ts, probability = row["ts"], row["spam_probability"] or 0.0
+    if periods is not None:
+        if periods.compromised_soon_after(ts, policy.lookback_s):
+            return (1, 1.0, "compromised") if probability >= policy.compromise_min_probability else None
+        if periods.cleared_soon_after(ts, policy.lookback_s):
+            return 0, 1.0, "cleared"
+        if periods.flagged_near(ts, policy.lookback_s):
+            return None
+    return 0, policy.implicit_ham_weight, "implicit"
+
+
+def _schema() -> pa.Schema:
+    fields = [
+        pa.field("id", pa.int64()),
+        pa.field("ts", pa.float64()),
+        pa.field("relay", pa.string()),
+        pa.field("account", pa.string()),
+        pa.field("spam_probability", pa.float32()),
+        pa.field("label", pa.int8()),
+        pa.field("weight", pa.float32()),
+        pa.field("label_source", pa.string()),
+        pa.field("split", pa.string()),
+    ]
+    return pa.schema(fields + [pa.field(name, pa.float32()) for name in FEATURE_NAMES])
+
+
+def _split_times(connection: sqlite3.Connection, cutoff: float, shares: tuple[float, float, float]) -> tuple:
+    (count,) = connection.execute(
+        "SELECT count(*) FROM scored_messages WHERE features IS NOT NULL AND ts <= ?", (cutoff,)
+    ).fetchone()
+    times = []
+    for share in (shares[0], shares[0] + shares[1]):
+        offset = min(max(0, int(count * share)), max(0, count - 1))
+        found = connection.execute(
+            "SELECT ts FROM scored_messages WHERE features IS NOT NULL AND ts <= ? ORDER BY ts LIMIT 1 OFFSET ?",
+            (cutoff, offset),
+        ).fetchone()
+        times.append(found[0] if found else cutoff)
+    return times[0], times[1]
+
+
+def build_event_dataset(
+    databases: list[Path],
+    out_dir: Path,
+    policy: LabelPolicy = LabelPolicy(),
+    as_of: float | None = None,
+    on_rows: Callable[[int], None] | None = None,
+) -> DatasetSummary:
+    """Stream the labelled messages of one or more event logs into `out_dir/events.parquet`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / DATASET_FILE
+    rows = dict.fromkeys(SPLITS, 0)
+    spam = dict.fromkeys(SPLITS, 0)
+    by_source: dict[str, int] = defaultdict(int)
+    skipped = unlabelled = 0
+    split_times = (0.0, 0.0)
+    log_as_of = as_of or 0.0
+    schema = _schema()
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for database in databases:
+            connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+            connection.row_factory = sqlite3.Row
+            try:
+                newest = connection.execute("SELECT max(ts) FROM scored_messages").fetchone()[0] or 0.0
+                log_as_of = as_of if as_of is not None else newest
+                cutoff = log_as_of - policy.label_delay_s
+                periods = _account_periods(connection, policy, log_as_of)
+                split_times = _split_times(connection, cutoff, policy.split_shares)
+                cursor = connection.execute(_ROWS, (cutoff,))
+                for chunk in _chunks(cursor):
+                    batch: dict[str, list] = defaultdict(list)
+                    vectors = []
+                    for row in chunk:
+                        if row["feature_spec_version"] != FEATURE_SPEC_VERSION:
+                            skipped += 1
+                            continue
+                        labelled = label_for(row, periods.get((row["relay"], row["account"])), policy)
+                        if labelled is None:
+                            unlabelled += 1
+                            continue
+                        label, weight, source = labelled
+                        split = SPLITS[bisect.bisect_right(split_times, row["ts"])]
+                        for column, value in (
+                            ("id", row["id"]),
+                            ("ts", row["ts"]),
+                            ("relay", row["relay"]),
+                            ("account", row["account"]),
+                            ("spam_probability", row["spam_probability"]),
+                            ("label", label),
+                            ("weight", weight),
+                            ("label_source", source),
+                            ("split", split),
+                        ):
+                            batch[column].append(value)
+                        vectors.append(orjson.loads(row["features"]))
+                        rows[split] += 1
+                        spam[split] += label
+                        by_source[source] += 1
+                    if vectors:
+                        matrix = np.asarray(vectors, dtype=np.float32)
+                        columns = {name: batch[name] for name in schema.names[:9]}
+                        columns.update({name: matrix[:, i] for i, name in enumerate(FEATURE_NAMES)})
+                        writer.write_table(pa.Table.from_pydict(columns, schema=schema))
+                    if on_rows is not None:
+                        on_rows(len(chunk))
+            finally:
+                connection.close()
+    return DatasetSummary(
+        path=path,
+        as_of=log_as_of if databases else 0.0,
+        rows=rows,
+        spam=spam,
+        by_source=dict(by_source),
+        skipped_other_spec=skipped,
+        unlabelled=unlabelled,
+        split_times=split_times,
+    )
+
+
+def _chunks(cursor: sqlite3.Cursor) -> Iterator[list[sqlite3.Row]]:
+    while chunk := cursor.fetchmany(CHUNK_ROWS):
+        yield chunk
+
+
+@dataclass(slots=True)
+class EventSplit:
+    """One split held in memory for training: the model's input and what it learns from."""
+
+    rows: np.ndarray  # (n, len(FEATURE_NAMES)) float32, spec order
+    labels: np.ndarray
+    weights: np.ndarray
+    ts: np.ndarray
+    relay: np.ndarray
+    account: np.ndarray
+
+
+def read_split(path: Path, split: str) -> EventSplit:
+    """One split of a dataset file, reading it a row group at a time."""
+    parquet = pq.ParquetFile(path)
+    parts: list[pa.Table] = []
+    for group in range(parquet.num_row_groups):
+        table = parquet.read_row_group(group)
+        mask = pc.equal(table["split"], split)
+        parts.append(table.filter(mask))
+    table = pa.concat_tables(parts) if parts else _schema().empty_table()
+    rows = (
+        np.column_stack([table[name].to_numpy(zero_copy_only=False) for name in FEATURE_NAMES]).astype(
+            np.float32, copy=False
+        )
+        if table.num_rows
+        else np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32)
+    )
+    return EventSplit(
+        rows=rows,
+        labels=table["label"].to_numpy(zero_copy_only=False).astype(np.int8),
+        weights=table["weight"].to_numpy(zero_copy_only=False).astype(np.float32),
+        ts=table["ts"].to_numpy(zero_copy_only=False),
+        relay=np.asarray(table["relay"].to_pylist(), dtype=object),
+        account=np.asarray(table["account"].to_pylist(), dtype=object),
+    )
