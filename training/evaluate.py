@@ -6,17 +6,26 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score, roc_curve
 
 from features.spec import CONTENT_FEATURES, FEATURE_NAMES
 from features.vector import assemble
-from models.bundle import ModelBundle
+from models.bundle import Calibration, ModelBundle
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:
     """Sample weights that give both classes equal total weight."""
     spam_share = float(labels.mean())
     return np.where(labels == 1, 0.5 / spam_share, 0.5 / (1.0 - spam_share))
+
+
+def fit_platt(margins: np.ndarray, labels: np.ndarray) -> Calibration:
+    """Platt scaling of raw margins at equal class priors: logit(p) becomes a log-likelihood ratio."""
+    platt = LogisticRegression(C=1e6, max_iter=1000).fit(
+        margins.reshape(-1, 1), labels, sample_weight=balanced_weights(labels)
+    )
+    return Calibration(slope=float(platt.coef_[0][0]), intercept=float(platt.intercept_[0]))
 
 
 def recall_at_fpr(labels: np.ndarray, scores: np.ndarray, max_fpr: float) -> float:

@@ -16,15 +16,27 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
+def _importance_rows(bundle: ModelBundle, top: int = 15) -> str:
+    gains = bundle.booster.feature_importance(importance_type="gain")
+    names = bundle.model_features
+    total = max(float(gains.sum()), 1e-12)
+    return "\n".join(
+        f"| `{names[i]}` | {gains[i] / total:.3f} | {BY_NAME[names[i]].description} |"
+        for i in np.argsort(gains)[::-1][:top]
+    )
+
+
+def _split_rows(data: dict) -> str:
+    rows, spam = data.get("rows", {}), data.get("spam_rows", {})
+    return "\n".join(f"| {s} | {rows.get(s, 0)} | {spam.get(s, 0)} |" for s in ("train", "calibration", "test"))
+
+
 def render_model_card(bundle: ModelBundle) -> str:
     test = bundle.metrics.get("test", {})
     data = bundle.data
+    importance_rows = _importance_rows(bundle)
     gains = bundle.booster.feature_importance(importance_type="gain")
     names = bundle.model_features
-    order = np.argsort(gains)[::-1][:15]
-    importance_rows = "\n".join(
-        f"| `{names[i]}` | {gains[i] / gains.sum():.3f} | {BY_NAME[names[i]].description} |" for i in order
-    )
     unused = ", ".join(f"`{names[i]}`" for i in range(len(names)) if gains[i] == 0) or "none"
     modern = bundle.metrics.get("modern_mail", {})
     modern_rows = "\n".join(
@@ -32,9 +44,7 @@ def render_model_card(bundle: ModelBundle) -> str:
         for name, v in sorted(modern.items(), key=lambda kv: (kv[1]["label"], kv[0]))
     )
     replay_section = _replay_section(bundle.metrics.get("account_replay"))
-    rows = data.get("rows", {})
-    spam = data.get("spam_rows", {})
-    split_rows = "\n".join(f"| {s} | {rows.get(s, 0)} | {spam.get(s, 0)} |" for s in ("train", "calibration", "test"))
+    split_rows = _split_rows(data)
     threshold_rows = "\n".join(
         f"| {name} | {test[f'{name}_threshold']} | {_pct(test[f'{name}_recall'])} | {_pct(test[f'{name}_fpr'])} |"
         for name in ("hold", "reject")
@@ -167,14 +177,9 @@ def render_event_model_card(bundle: ModelBundle) -> str:
     test = bundle.metrics.get("test", {})
     champion = bundle.metrics.get("champion_test", {})
     data = bundle.data
-    gains = bundle.booster.feature_importance(importance_type="gain")
     names = bundle.model_features
-    order = np.argsort(gains)[::-1][:15]
-    importance_rows = "\n".join(
-        f"| `{names[i]}` | {gains[i] / max(gains.sum(), 1e-12):.3f} | {BY_NAME[names[i]].description} |" for i in order
-    )
-    rows, spam = data.get("rows", {}), data.get("spam_rows", {})
-    split_rows = "\n".join(f"| {s} | {rows.get(s, 0)} | {spam.get(s, 0)} |" for s in ("train", "calibration", "test"))
+    importance_rows = _importance_rows(bundle)
+    split_rows = _split_rows(data)
     metric_rows = "\n".join(
         f"| {label} | {_num(test.get(key), 4)} | {_num(champion.get(key), 4) if champion else 'n/a'} |"
         for label, key in (

@@ -18,12 +18,11 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from sklearn.linear_model import LogisticRegression
 
 from features.spec import CONTENT_FEATURES, FEATURE_INDEX, FEATURE_SPEC_VERSION
 from features.text_model import fit_text_model, out_of_fold_scores, vectorize
-from models.bundle import Calibration, ModelBundle, save_bundle
-from training.evaluate import SIGNATURE_COLUMNS, balanced_weights, corpus_rows, message_metrics, score_modern_mail
+from models.bundle import ModelBundle, save_bundle
+from training.evaluate import SIGNATURE_COLUMNS, corpus_rows, fit_platt, message_metrics, score_modern_mail
 from training.model_card import write_model_card
 
 LGB_PARAMS: dict[str, Any] = {
@@ -116,10 +115,7 @@ def train_model(frame: pd.DataFrame, config: TrainConfig, console: Console | Non
     cal_margin = booster.predict(cal_rows.rows[:, columns], raw_score=True)
     # Calibrated at equal class priors: the probability is the message's own evidence, and
     # logit(p) its log-likelihood ratio, whatever the spam share of the corpora or the traffic.
-    platt = LogisticRegression(C=1e6, max_iter=1000).fit(
-        cal_margin.reshape(-1, 1), cal_rows.labels, sample_weight=balanced_weights(cal_rows.labels)
-    )
-    calibrator = Calibration(slope=float(platt.coef_[0][0]), intercept=float(platt.intercept_[0]))
+    calibrator = fit_platt(cal_margin, cal_rows.labels)
 
     data = {
         "corpora": "SpamAssassin public corpus (all releases) + TREC 2007 public corpus, development part",

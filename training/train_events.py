@@ -23,11 +23,10 @@ from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from features.spec import FEATURE_INDEX, FEATURE_NAMES, FEATURE_SPEC_VERSION
-from models.bundle import Calibration, ModelBundle
-from training.evaluate import balanced_weights, message_metrics
+from models.bundle import ModelBundle
+from training.evaluate import fit_platt, message_metrics
 from training.events import EventSplit, read_split
 from training.train import CALIBRATION_PRIOR, ERA_CONFOUNDED, LGB_PARAMS
 
@@ -126,10 +125,7 @@ def train_from_events(dataset: Path, base: ModelBundle, config: EventTrainConfig
 
     columns = _columns(EVENT_FEATURES)
     margins = booster.predict(validation.rows[:, columns], raw_score=True)
-    platt = LogisticRegression(C=1e6, max_iter=1000).fit(
-        margins.reshape(-1, 1), validation.labels, sample_weight=balanced_weights(validation.labels)
-    )
-    calibration = Calibration(slope=float(platt.coef_[0][0]), intercept=float(platt.intercept_[0]))
+    calibration = fit_platt(margins, validation.labels)
     data = {
         "source": "the service's event log: logged feature vectors with labels from feedback, verdicts and locks",
         "dataset": str(dataset),
