@@ -127,6 +127,11 @@ class ModelRegistry:
         except MlflowException as exc:
             raise RegistryError(f"no version {version} of registered model {self.model_name!r}") from exc
 
+    def versions(self) -> list[RegisteredBundle]:
+        """Every registered version, newest first."""
+        found = self.client.search_model_versions(f"name = '{self.model_name}'")
+        return sorted((self._describe(v) for v in found), key=lambda e: -int(e.version))
+
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, alias, version)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +16,7 @@ from service.api.accounts import accounts_router
 from service.api.auth import TokenAuth, TokenAuthMiddleware
 from service.api.feedback import feedback
 from service.api.identity_rules import rules_router
+from service.api.models import models_router
 from service.api.routes import operations, scoring
 from service.api.signatures import signatures_router
 from service.api.webhooks import webhooks_router
@@ -126,10 +129,17 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         container.dispatcher.start()
+        poller = None
+        if settings.model_source == "registry" and settings.model_poll_s > 0:
+            poller = asyncio.create_task(container.models.poll(container.model, settings.model_poll_s))
         log.info("outguard ready: model %s", container.model.current.version)
         try:
             yield
         finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
             await container.dispatcher.stop()
             container.close()
 
@@ -147,6 +157,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(accounts_router)
     app.include_router(webhooks_router)
     app.include_router(signatures_router)
+    app.include_router(models_router)
     app.include_router(operations)
     # Outermost last: metrics see every answer, auth runs before the body is read.
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)

@@ -1,4 +1,4 @@
-"""The `outguard` command line: serve, train, evaluate, simulate, replay, signatures."""
+"""The `outguard` command line: serve, train, evaluate, simulate, replay, signatures (models: `cli_models`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from service import cli_models
 from service.settings import Settings
 
 app = typer.Typer(help="outguard: outbound-spam scoring for relays.", no_args_is_help=True, add_completion=False)
 console = Console()
+cli_models.register(app, console)
 
 
 def _is_loopback(host: str) -> bool:
@@ -77,8 +79,24 @@ def train(
     data_dir: Annotated[Path | None, typer.Option(help="Corpora folder (default: OUTGUARD_DATA_DIR)")] = None,
     max_rows: Annotated[int | None, typer.Option(help="Subsample to this many messages (quick runs)")] = None,
     no_cache: Annotated[bool, typer.Option(help="Re-extract features instead of using the cache")] = False,
+    from_events: cli_models.EventsOption = None,
+    label_delay: cli_models.LabelDelayOption = "2d",
+    engine: cli_models.EngineOption = "local",
+    scheduler: cli_models.SchedulerOption = None,
+    holdout: cli_models.HoldoutOption = None,
+    work_dir: cli_models.WorkDirOption = None,
+    max_rounds: cli_models.RoundsOption = 1000,
 ) -> None:
-    """Train the content model on the public corpora and write a bundle with its model card."""
+    """Train the content model on the public corpora and write a bundle with its model card.
+
+    With --from-events: train on the service's own events instead, log the run to MLflow
+    and register the model as `challenger` (`outguard retrain` also promotes it).
+    """
+    if from_events:
+        cli_models.train_from_events_command(
+            console, from_events, label_delay, engine, scheduler, holdout, work_dir, max_rounds
+        )
+        return
     from training.dataset import build_corpus_dataset
     from training.train import TrainConfig, train_and_save
 

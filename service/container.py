@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.bundle import load_bundle
 from service.decision import DecisionPolicy
 from service.feedback.ingest import FeedbackIngestor
 from service.fingerprints.service import FingerprintService
 from service.metrics import Metrics
-from service.scoring import ModelHolder, Scorer
+from service.model_runtime import ModelHolder, ModelManager
+from service.scoring import Scorer
 from service.settings import Settings
 from service.stores import AccountStateStore, BehaviourStore, EngagementStore
 from service.stores.memory import (
@@ -54,6 +54,7 @@ class Container:
     metrics: Metrics
     scorer: Scorer
     ingestor: FeedbackIngestor
+    models: ModelManager
     fingerprints: FingerprintService | None = None
 
     def close(self) -> None:
@@ -84,7 +85,9 @@ def recipient_hash_key(settings: Settings) -> bytes:
 
 
 def build_container(settings: Settings) -> Container:
-    bundle = load_bundle(settings.model_dir)
+    models = ModelManager(settings)
+    primary = models.load_primary()
+    bundle = primary.bundle
     metrics = Metrics()
     metrics.model_info.labels(bundle.version, bundle.feature_spec_version).set(1)
     database = SqliteDatabase(
@@ -102,7 +105,9 @@ def build_container(settings: Settings) -> Container:
     rules = SqliteIdentityRules(database)
     webhooks = WebhookStore(database)
     notifier = WebhookNotifier(webhooks, settings)
-    model = ModelHolder(bundle)
+    model = ModelHolder(bundle, primary.source, primary.registry_version)
+    if (shadow := models.load_shadow()) is not None:
+        model.shadow, model.shadow_source = shadow.bundle, shadow.source
     fingerprints = (
         FingerprintService(settings.fingerprint_policy, SqliteSignatureStore(database))
         if settings.fingerprints
@@ -159,5 +164,6 @@ def build_container(settings: Settings) -> Container:
         metrics=metrics,
         scorer=scorer,
         ingestor=ingestor,
+        models=models,
         fingerprints=fingerprints,
     )

@@ -38,6 +38,7 @@ from service.fingerprints.service import NO_LOOKUP, ContentLookup, FingerprintSe
 from service.identity import Identity, resolve_identity
 from service.lifecycle import Transition, after_decision, expire_lock
 from service.metrics import Metrics
+from service.model_runtime import ModelHolder
 from service.notify import TRANSITION_EVENTS, Cooldown, Notifier
 from service.settings import RelayPolicy
 from service.stores import (
@@ -101,13 +102,6 @@ class ScoreResult:
     account_evidence: float = 0.0  # uncapped, in nats: for replays that sweep the lock threshold
 
 
-class ModelHolder:
-    """The bundle in use. Swapping `current` is atomic; a request keeps the bundle it started with."""
-
-    def __init__(self, bundle: ModelBundle) -> None:
-        self.current = bundle
-
-
 @dataclass(slots=True)
 class _Pending:
     message: MessageInput
@@ -119,6 +113,7 @@ class _Pending:
     subject: str | None = None
     content: ContentLookup = NO_LOOKUP
     fingerprint: bytes | None = None
+    shadow: tuple[str, float] | None = None  # (shadow model version, its probability)
 
 
 class Scorer:
@@ -165,7 +160,7 @@ class Scorer:
         return digest.hexdigest()[:32]
 
     async def score(self, messages: Sequence[MessageInput]) -> list[ScoreResult]:
-        bundle = self.model.current
+        bundle, shadow = self.model.current, self.model.shadow
         # Everything that can fail on a bad message happens before any account state
         # changes, so a refused batch (or a relay's retry) never counts twice.
         prepared = [self._content(message, bundle) for message in messages]
@@ -174,7 +169,10 @@ class Scorer:
             for message, (parsed, content) in zip(messages, prepared, strict=True)
         ]
         rows = [p.row for p in pending if p.row is not None]
-        prediction = bundle.predict(np.vstack(rows)) if rows else None
+        matrix = np.vstack(rows) if rows else None
+        prediction = bundle.predict(matrix) if matrix is not None else None
+        # The shadow scores the same rows; its answer is logged, never acted on.
+        shadowed = shadow.predict(matrix).probabilities if shadow is not None and matrix is not None else None
         results = []
         scored = 0
         for item in pending:
@@ -182,6 +180,8 @@ class Scorer:
                 results.append(await self._finish_locked(item, bundle))
                 continue
             assert prediction is not None
+            if shadowed is not None and shadow is not None:
+                item.shadow = (shadow.version, float(shadowed[scored]))
             results.append(await self._finish(item, bundle, prediction, scored))
             scored += 1
         return results
@@ -313,6 +313,8 @@ class Scorer:
                 client_ip=item.message.client_ip,
                 subject=item.subject,
                 scored_at=time.time(),
+                shadow_model_version=item.shadow[0] if item.shadow else None,
+                shadow_probability=item.shadow[1] if item.shadow else None,
             )
         )
         return ScoreResult(

@@ -45,6 +45,8 @@ class ScoredEvent:
     queue_id: str | None = None
     subject: str | None = None  # truncated, for incident reports; never the body
     fingerprint: bytes | None = None  # the content's MinHash (features.fingerprint), never the text
+    shadow_model_version: str | None = None  # a shadow model scored it too (never acted on)
+    shadow_probability: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

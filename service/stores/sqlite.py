@@ -37,7 +37,9 @@ CREATE TABLE IF NOT EXISTS scored_messages (
     client_ip TEXT,
     subject TEXT,
     scored_at REAL NOT NULL,
-    fingerprint BLOB
+    fingerprint BLOB,
+    shadow_model_version TEXT,
+    shadow_probability REAL
 );
 CREATE INDEX IF NOT EXISTS scored_messages_account_ts ON scored_messages (relay, account, ts);
 CREATE INDEX IF NOT EXISTS scored_messages_message_id ON scored_messages (message_id);
@@ -166,7 +168,11 @@ T = TypeVar("T")
 
 
 # Columns added after a table first shipped: (table, column, type). Applied at open.
-ADDED_COLUMNS = (("scored_messages", "fingerprint", "BLOB"),)
+ADDED_COLUMNS = (
+    ("scored_messages", "fingerprint", "BLOB"),
+    ("scored_messages", "shadow_model_version", "TEXT"),
+    ("scored_messages", "shadow_probability", "REAL"),
+)
 
 
 def add_missing_columns(path: Path) -> None:

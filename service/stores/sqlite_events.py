@@ -20,8 +20,8 @@ from service.stores.sqlite import SqliteDatabase
 _INSERT = """
 INSERT INTO scored_messages (ts, relay, account, identity_source, message_id, queue_id, model_version,
     feature_spec_version, features, spam_probability, account_risk, action, lock_recommended,
-    recipients_hashed, client_ip, subject, scored_at, fingerprint)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    recipients_hashed, client_ip, subject, scored_at, fingerprint, shadow_model_version, shadow_probability)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 # SQLite's default limit on bound parameters per statement is 999 on old builds.
 _LOOKUP_CHUNK = 500
@@ -47,6 +47,8 @@ def _row(event: ScoredEvent) -> tuple[object, ...]:
         event.subject,
         event.scored_at,
         event.fingerprint,
+        event.shadow_model_version,
+        event.shadow_probability,
     )
 
 

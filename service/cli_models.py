@@ -1,0 +1,174 @@
+"""The model lifecycle commands: `train --from-events`, `retrain`, `promote`, `rollback`, `models`.
+
+They share one pipeline (`training.pipeline.retrain`); `retrain` promotes when the gate
+passes and exits 1 when it refuses, so cron can alert on it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from service.settings import Settings
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `30m`, `12h`, `2d`, or plain seconds."""
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in DURATION_UNITS:
+            return float(text[:-1]) * DURATION_UNITS[text[-1]]
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration such as 90s, 30m, 12h or 2d") from None
+
+
+EventsOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--from-events", help="Event logs (SQLite) to learn from; repeat for several (default: the service's)"
+    ),
+]
+LabelDelayOption = Annotated[str, typer.Option(help="Label a message once this has passed since it was scored")]
+EngineOption = Annotated[str, typer.Option(help="local, or dask (LightGBM's Dask interface)")]
+SchedulerOption = Annotated[
+    str | None, typer.Option(help="Dask scheduler address (default with --engine dask: a LocalCluster)")
+]
+HoldoutOption = Annotated[
+    Path | None,
+    typer.Option(help="A folder written by `outguard simulate`, replayed with both models for account figures"),
+]
+WorkDirOption = Annotated[Path | None, typer.Option(help="Where datasets and bundles go (default: STATE_DIR/training)")]
+RoundsOption = Annotated[int, typer.Option(help="Most boosting rounds (early stopping picks fewer)")]
+
+
+def _run(
+    console: Console,
+    events: list[Path] | None,
+    label_delay: str,
+    engine: str,
+    scheduler: str | None,
+    holdout: Path | None,
+    work_dir: Path | None,
+    max_rounds: int,
+    promote: bool,
+) -> bool:
+    from training.events import LabelPolicy
+    from training.gate import GatePolicy
+    from training.pipeline import RetrainPlan, retrain
+    from training.train_events import EventTrainConfig, NotEnoughLabels
+
+    settings = Settings()
+    if engine not in ("local", "dask"):
+        raise typer.BadParameter(f"--engine is local or dask, not {engine!r}")
+    sources = events or [settings.sqlite_path]
+    for source in sources:
+        if not source.is_file():
+            raise typer.BadParameter(f"no event log at {source}")
+    plan = RetrainPlan(
+        events=sources,
+        work_dir=work_dir or settings.state_dir / "training" / time.strftime("%Y%m%d-%H%M%S"),
+        train=EventTrainConfig(
+            thresholds={"hold": settings.hold_threshold, "reject": settings.reject_threshold},
+            engine=engine,  # type: ignore[arg-type]
+            scheduler=scheduler,
+            max_rounds=max_rounds,
+        ),
+        label_policy=LabelPolicy(label_delay_s=parse_duration(label_delay)),
+        gate=GatePolicy(metrics=tuple(settings.gate_metrics), tolerance=settings.gate_tolerance),
+        holdout=holdout,
+        promote=promote,
+    )
+    try:
+        outcome = retrain(plan, settings, settings.model_registry(), log=console.log)
+    except NotEnoughLabels as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from error
+    table = Table(title=f"{outcome.bundle.version} against champion {outcome.bundle.metrics['champion_version']}")
+    table.add_column("held-out test")
+    table.add_column("candidate", justify="right")
+    table.add_column("champion", justify="right")
+    for key in ("n", "n_spam", "roc_auc", "pr_auc", "recall_at_fpr_0.1pct", "recall_at_fpr_1pct", "ece"):
+        new, old = outcome.bundle.metrics["test"].get(key), outcome.bundle.metrics["champion_test"].get(key)
+        table.add_row(key, *(f"{v:.4f}" if isinstance(v, float) else str(v) for v in (new, old)))
+    console.print(table)
+    verdict = "[green]passed[/green]" if outcome.gate.passed else "[red]refused[/red]"
+    console.print(f"gate {verdict}: " + "; ".join(outcome.gate.reasons))
+    role = "champion" if outcome.promoted else "challenger"
+    console.print(
+        f"bundle in {outcome.bundle_dir}; MLflow run {outcome.run_id}; registered as version "
+        f"{outcome.registered.version} ({role})"
+    )
+    return outcome.gate.passed
+
+
+def register(app: typer.Typer, console: Console) -> None:
+    @app.command()
+    def retrain(
+        events: EventsOption = None,
+        label_delay: LabelDelayOption = "2d",
+        engine: EngineOption = "local",
+        scheduler: SchedulerOption = None,
+        holdout: HoldoutOption = None,
+        work_dir: WorkDirOption = None,
+        max_rounds: RoundsOption = 1000,
+    ) -> None:
+        """Build, train, evaluate, gate and register; promote when the gate passes (exit 1 when it refuses)."""
+        if not _run(console, events, label_delay, engine, scheduler, holdout, work_dir, max_rounds, promote=True):
+            raise typer.Exit(1)
+
+    @app.command()
+    def promote(version: Annotated[str, typer.Argument(help="Registry version to make champion")]) -> None:
+        """Make a registered version champion by hand (the old one becomes previous-champion)."""
+        from models.registry import RegistryError
+
+        try:
+            entry = Settings().model_registry().promote(version)
+        except RegistryError as error:
+            console.print(f"[red]{error}[/red]")
+            raise typer.Exit(2) from error
+        console.print(f"version {entry.version} ({entry.bundle_version}) is champion")
+
+    @app.command()
+    def rollback() -> None:
+        """Make the previous champion champion again."""
+        from models.registry import RegistryError
+
+        try:
+            entry = Settings().model_registry().rollback()
+        except RegistryError as error:
+            console.print(f"[red]{error}[/red]")
+            raise typer.Exit(2) from error
+        console.print(f"rolled back: version {entry.version} ({entry.bundle_version}) is champion")
+
+    @app.command()
+    def models() -> None:
+        """The registered versions, newest first, with their aliases."""
+        registry = Settings().model_registry()
+        table = Table(title=f"registered model {registry.model_name} ({registry.tracking_uri})")
+        for column in ("version", "bundle", "aliases", "run"):
+            table.add_column(column)
+        for entry in registry.versions():
+            table.add_row(entry.version, entry.bundle_version, ", ".join(entry.aliases), entry.run_id or "")
+        console.print(table)
+
+
+def train_from_events_command(
+    console: Console,
+    events: list[Path],
+    label_delay: str,
+    engine: str,
+    scheduler: str | None,
+    holdout: Path | None,
+    work_dir: Path | None,
+    max_rounds: int,
+) -> None:
+    """`outguard train --from-events`: the pipeline without promotion (the new version is challenger)."""
+    _run(console, events, label_delay, engine, scheduler, holdout, work_dir, max_rounds, promote=False)

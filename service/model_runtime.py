@@ -1,0 +1,149 @@
+"""The models the service serves: the one that acts, an optional shadow, and swapping them live.
+
+The acting bundle comes from `OUTGUARD_MODEL_DIR` or, with `OUTGUARD_MODEL_SOURCE=registry`,
+from the MLflow registry's `champion` (downloaded once per version under the state
+folder). `reload` loads the new bundle in a worker thread and swaps it in with one
+assignment: a request that has started keeps the bundle it read, the next one gets
+the new one, and a bundle that fails to load (another feature spec, a broken file)
+leaves the old one serving. With `OUTGUARD_MODEL_POLL_S`, a background task watches the
+registry and reloads when the champion changes.
+
+The shadow (`OUTGUARD_SHADOW_MODEL`: a registry alias or a bundle directory) scores the
+same rows; its probability is logged next to the acting one and never acted on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from models.bundle import BUNDLE_FILE, BundleError, ModelBundle, load_bundle
+from service.errors import OutguardError
+
+if TYPE_CHECKING:
+    from models.registry import ModelRegistry, RegisteredBundle
+    from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotLoaded(OutguardError):
+    status = 409
+    code = "model_not_loaded"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedBundle:
+    bundle: ModelBundle
+    source: str  # a directory, or `registry:<name>/<version>`
+    registry_version: str | None = None
+
+
+class ModelHolder:
+    """The bundles in use. Swapping `current` is atomic; a request keeps the bundle it started with."""
+
+    def __init__(self, bundle: ModelBundle, source: str = "", registry_version: str | None = None) -> None:
+        self.current = bundle
+        self.source = source
+        self.registry_version = registry_version
+        self.shadow: ModelBundle | None = None
+        self.shadow_source: str | None = None
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "model_version": self.current.version,
+            "feature_spec_version": self.current.feature_spec_version,
+            "source": self.source,
+            "registry_version": self.registry_version,
+            "shadow_version": self.shadow.version if self.shadow else None,
+            "shadow_source": self.shadow_source,
+        }
+
+
+class ModelManager:
+    """Loads bundles from where the settings say, and swaps them into a `ModelHolder`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._registry: ModelRegistry | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def registry(self) -> ModelRegistry:
+        if self._registry is None:
+            self._registry = self.settings.model_registry()
+        return self._registry
+
+    # -- loading (blocking: at start-up, or in a worker thread)
+
+    def _from_registry(self, entry: RegisteredBundle) -> LoadedBundle:
+        cache = self.settings.state_dir / "models" / f"{self.settings.registry_model_name}-v{entry.version}"
+        if not (cache / BUNDLE_FILE).is_file():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            self.registry.download(entry, cache)
+        source = f"registry:{self.settings.registry_model_name}/{entry.version}"
+        return LoadedBundle(load_bundle(cache), source, entry.version)
+
+    def load_primary(self) -> LoadedBundle:
+        if self.settings.model_source == "registry":
+            from models.registry import CHAMPION
+
+            entry = self.registry.by_alias(CHAMPION)
+            if entry is not None:
+                return self._from_registry(entry)
+            log.warning("the registry has no champion yet: serving %s", self.settings.model_dir)
+        return LoadedBundle(load_bundle(self.settings.model_dir), str(self.settings.model_dir))
+
+    def load_shadow(self) -> LoadedBundle | None:
+        name = self.settings.shadow_model
+        if not name:
+            return None
+        path = Path(name)
+        if (path / BUNDLE_FILE).is_file():
+            return LoadedBundle(load_bundle(path), str(path))
+        entry = self.registry.by_alias(name)
+        if entry is None:
+            raise BundleError(f"shadow model {name!r} is neither a bundle directory nor a registry alias")
+        return self._from_registry(entry)
+
+    def champion_version(self) -> str | None:
+        from models.registry import CHAMPION
+
+        entry = self.registry.by_alias(CHAMPION)
+        return entry.version if entry else None
+
+    # -- swapping (async: from the API or the poller)
+
+    async def reload(self, holder: ModelHolder) -> dict[str, object]:
+        """Load the primary and shadow afresh and swap them in; the old ones serve if loading fails."""
+        async with self._lock:
+            previous = holder.current.version
+            try:
+                primary = await asyncio.to_thread(self.load_primary)
+                shadow = await asyncio.to_thread(self.load_shadow)
+            except BundleError as error:
+                raise ModelNotLoaded(f"{error}; still serving {previous}") from error
+            holder.current, holder.source, holder.registry_version = (
+                primary.bundle,
+                primary.source,
+                primary.registry_version,
+            )
+            holder.shadow = shadow.bundle if shadow else None
+            holder.shadow_source = shadow.source if shadow else None
+            if primary.bundle.version != previous:
+                log.info("model reloaded: %s -> %s (%s)", previous, primary.bundle.version, primary.source)
+            return {**holder.describe(), "previous_version": previous, "changed": primary.bundle.version != previous}
+
+    async def poll(self, holder: ModelHolder, interval_s: float) -> None:
+        """Reload whenever the registry's champion is not the version being served."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                version = await asyncio.to_thread(self.champion_version)
+                if version is not None and version != holder.registry_version:
+                    await self.reload(holder)
+            except Exception:  # the registry may be down for a while: keep serving, try again
+                log.exception("model registry poll failed")
