@@ -142,21 +142,16 @@ def simulate(
     import time
 
     from training.dataset import build_corpus_dataset
-    from training.simulator import SimulationConfig, content_pools, iter_jsonl, simulate
+    from training.simulator import SimulationConfig, content_pools, simulate, write_log
 
     if pool not in ("eval", "train"):
         raise typer.BadParameter("pool is eval or train")
     settings = Settings()
     frame = build_corpus_dataset(settings.data_dir, settings.cache_dir)
     started = time.perf_counter()
-    events, truth = simulate(
-        SimulationConfig(accounts=accounts, days=days, relays=relays, seed=seed, pool=pool), content_pools(frame, pool)
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "events.jsonl").open("wb") as handle:
-        handle.writelines(iter_jsonl(events))
-    meta = {"accounts": accounts, "days": days, "relays": relays, "seed": seed, "pool": pool}
-    (out / "truth.json").write_text(json.dumps({"config": meta, "accounts": truth}, indent=1))
+    config = SimulationConfig(accounts=accounts, days=days, relays=relays, seed=seed, pool=pool)
+    events, truth = simulate(config, content_pools(frame, pool))
+    write_log(out, events, truth, config)
     messages = sum(1 for e in events if e["type"] == "message")
     console.print(
         f"{len(events):,} events ({messages:,} messages) for {accounts:,} accounts over {days} days "

@@ -67,8 +67,8 @@ def fit_on_dask(
 ) -> tuple[lgb.Booster, int]:
     import dask.dataframe as dd
 
-    if config.scheduler is None:  # the LocalCluster's workers share this machine's cores
-        params = {**params, "num_threads": 1}
+    # LightGBM's Dask interface sets each worker's threads from the cluster itself.
+    params = {k: v for k, v in params.items() if k not in ("num_threads", "n_jobs")}
     with dask_client(config.scheduler) as client:
         frame = dd.read_parquet(
             str(dataset), columns=[*features, "label", "weight"], filters=[("split", "==", "train")]

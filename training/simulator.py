@@ -25,6 +25,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -482,3 +483,19 @@ def iter_jsonl(events: list[dict[str, Any]]) -> Iterator[bytes]:
 
     for event in events:
         yield orjson.dumps(event) + b"\n"
+
+
+def write_log(
+    folder: Path, events: list[dict[str, Any]], truth: list[dict[str, Any]], config: SimulationConfig
+) -> Path:
+    """What `outguard simulate` writes and `outguard replay` reads: events.jsonl and truth.json."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "events.jsonl").open("wb") as handle:
+        handle.writelines(iter_jsonl(events))
+    meta = {"accounts": config.accounts, "days": config.days, "relays": config.relays, "seed": config.seed}
+    (folder / "truth.json").write_text(
+        json.dumps({"config": {**meta, "pool": config.pool}, "accounts": truth}, indent=1)
+    )
+    return folder
