@@ -130,7 +130,8 @@ class ModelRegistry:
     def versions(self) -> list[RegisteredBundle]:
         """Every registered version, newest first."""
         found = self.client.search_model_versions(f"name = '{self.model_name}'")
-        return sorted((self._describe(v) for v in found), key=lambda e: -int(e.version))
+        # Searching leaves the aliases out; reading each version brings them.
+        return sorted((self.get(str(v.version)) for v in found), key=lambda e: -int(e.version))
 
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, alias, version)

@@ -86,6 +86,7 @@ def train(
     holdout: cli_models.HoldoutOption = None,
     work_dir: cli_models.WorkDirOption = None,
     max_rounds: cli_models.RoundsOption = 1000,
+    split: cli_models.SplitOption = "0.7,0.15,0.15",
 ) -> None:
     """Train the content model on the public corpora and write a bundle with its model card.
 
@@ -94,7 +95,7 @@ def train(
     """
     if from_events:
         cli_models.train_from_events_command(
-            console, from_events, label_delay, engine, scheduler, holdout, work_dir, max_rounds
+            console, from_events, label_delay, engine, scheduler, holdout, work_dir, max_rounds, split
         )
         return
     from training.dataset import build_corpus_dataset

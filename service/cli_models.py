@@ -47,6 +47,19 @@ HoldoutOption = Annotated[
 ]
 WorkDirOption = Annotated[Path | None, typer.Option(help="Where datasets and bundles go (default: STATE_DIR/training)")]
 RoundsOption = Annotated[int, typer.Option(help="Most boosting rounds (early stopping picks fewer)")]
+SplitOption = Annotated[str, typer.Option(help="Shares of train, validation and test, oldest first")]
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    try:
+        shares = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        shares = ()
+    if len(shares) != 3 or any(s <= 0 for s in shares) or abs(sum(shares) - 1.0) > 1e-6:
+        raise typer.BadParameter(
+            f"--split takes three positive shares that add up to 1, such as 0.7,0.15,0.15 (got {text!r})"
+        )
+    return shares  # type: ignore[return-value]
 
 
 def _run(
@@ -59,6 +72,7 @@ def _run(
     work_dir: Path | None,
     max_rounds: int,
     promote: bool,
+    split: str = "0.7,0.15,0.15",
 ) -> bool:
     from training.events import LabelPolicy
     from training.gate import GatePolicy
@@ -81,7 +95,7 @@ def _run(
             scheduler=scheduler,
             max_rounds=max_rounds,
         ),
-        label_policy=LabelPolicy(label_delay_s=parse_duration(label_delay)),
+        label_policy=LabelPolicy(label_delay_s=parse_duration(label_delay), split_shares=parse_split(split)),
         gate=GatePolicy(metrics=tuple(settings.gate_metrics), tolerance=settings.gate_tolerance),
         holdout=holdout,
         promote=promote,
@@ -119,9 +133,13 @@ def register(app: typer.Typer, console: Console) -> None:
         holdout: HoldoutOption = None,
         work_dir: WorkDirOption = None,
         max_rounds: RoundsOption = 1000,
+        split: SplitOption = "0.7,0.15,0.15",
     ) -> None:
         """Build, train, evaluate, gate and register; promote when the gate passes (exit 1 when it refuses)."""
-        if not _run(console, events, label_delay, engine, scheduler, holdout, work_dir, max_rounds, promote=True):
+        passed = _run(
+            console, events, label_delay, engine, scheduler, holdout, work_dir, max_rounds, promote=True, split=split
+        )
+        if not passed:
             raise typer.Exit(1)
 
     @app.command()
@@ -169,6 +187,7 @@ def train_from_events_command(
     holdout: Path | None,
     work_dir: Path | None,
     max_rounds: int,
+    split: str,
 ) -> None:
     """`outguard train --from-events`: the pipeline without promotion (the new version is challenger)."""
-    _run(console, events, label_delay, engine, scheduler, holdout, work_dir, max_rounds, promote=False)
+    _run(console, events, label_delay, engine, scheduler, holdout, work_dir, max_rounds, promote=False, split=split)
