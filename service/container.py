@@ -85,10 +85,10 @@ def recipient_hash_key(settings: Settings) -> bytes:
 
 
 def build_container(settings: Settings) -> Container:
-    models = ModelManager(settings)
+    metrics = Metrics()
+    models = ModelManager(settings, metrics)
     primary = models.load_primary()
     bundle = primary.bundle
-    metrics = Metrics()
     metrics.model_info.labels(bundle.version, bundle.feature_spec_version).set(1)
     database = SqliteDatabase(
         settings.sqlite_path, settings.event_queue_max, on_write_failure=metrics.events_write_failed.inc

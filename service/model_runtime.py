@@ -25,6 +25,7 @@ from service.errors import OutguardError
 
 if TYPE_CHECKING:
     from models.registry import ModelRegistry, RegisteredBundle
+    from service.metrics import Metrics
     from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ class ModelHolder:
 class ModelManager:
     """Loads bundles from where the settings say, and swaps them into a `ModelHolder`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self._registry: ModelRegistry | None = None
         self._lock = asyncio.Lock()
 
@@ -133,6 +135,9 @@ class ModelManager:
             )
             holder.shadow = shadow.bundle if shadow else None
             holder.shadow_source = shadow.source if shadow else None
+            if self.metrics is not None:
+                self.metrics.model_info.clear()
+                self.metrics.model_info.labels(primary.bundle.version, primary.bundle.feature_spec_version).set(1)
             if primary.bundle.version != previous:
                 log.info("model reloaded: %s -> %s (%s)", previous, primary.bundle.version, primary.source)
             return {**holder.describe(), "previous_version": previous, "changed": primary.bundle.version != previous}

@@ -19,11 +19,7 @@ async def current_models(container: ContainerDep) -> Response:
 
 @models_router.post("/reload", summary="Load the model again from its source and swap it in without downtime")
 async def reload_models(container: ContainerDep) -> Response:
-    answer = await container.models.reload(container.model)
-    bundle = container.model.current
-    container.metrics.model_info.clear()
-    container.metrics.model_info.labels(bundle.version, bundle.feature_spec_version).set(1)
-    return json_response(answer)
+    return json_response(await container.models.reload(container.model))
 
 
 @models_router.get("/shadow", summary="The acting model against the shadow model on the same traffic")
