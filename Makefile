@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench train evaluate clean
+.PHONY: install run test lint format bench bench-training train evaluate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.fingerprints
+
+# Training time against rows, both engines; needs a replayed event log (see docs/retraining.md).
+bench-training: $(STAMP)
+	$(BIN)/python -m bench.training
 
 train: $(STAMP)
 	$(BIN)/outguard train

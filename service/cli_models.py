@@ -47,6 +47,9 @@ HoldoutOption = Annotated[
 ]
 WorkDirOption = Annotated[Path | None, typer.Option(help="Where datasets and bundles go (default: STATE_DIR/training)")]
 RoundsOption = Annotated[int, typer.Option(help="Most boosting rounds (early stopping picks fewer)")]
+ImplicitHamOption = Annotated[
+    float, typer.Option(help="Weight of mail nobody objected to (labelled ham) against 1 for every other label")
+]
 SplitOption = Annotated[str, typer.Option(help="Shares of train, validation and test, oldest first")]
 
 
@@ -73,6 +76,7 @@ def _run(
     max_rounds: int,
     promote: bool,
     split: str = "0.7,0.15,0.15",
+    implicit_ham_weight: float = 1.0,
 ) -> bool:
     from training.events import LabelPolicy
     from training.gate import GatePolicy
@@ -95,7 +99,11 @@ def _run(
             scheduler=scheduler,
             max_rounds=max_rounds,
         ),
-        label_policy=LabelPolicy(label_delay_s=parse_duration(label_delay), split_shares=parse_split(split)),
+        label_policy=LabelPolicy(
+            label_delay_s=parse_duration(label_delay),
+            split_shares=parse_split(split),
+            implicit_ham_weight=implicit_ham_weight,
+        ),
         gate=GatePolicy(metrics=tuple(settings.gate_metrics), tolerance=settings.gate_tolerance),
         holdout=holdout,
         promote=promote,
@@ -134,10 +142,21 @@ def register(app: typer.Typer, console: Console) -> None:
         work_dir: WorkDirOption = None,
         max_rounds: RoundsOption = 1000,
         split: SplitOption = "0.7,0.15,0.15",
+        implicit_ham_weight: ImplicitHamOption = 1.0,
     ) -> None:
         """Build, train, evaluate, gate and register; promote when the gate passes (exit 1 when it refuses)."""
         passed = _run(
-            console, events, label_delay, engine, scheduler, holdout, work_dir, max_rounds, promote=True, split=split
+            console,
+            events,
+            label_delay,
+            engine,
+            scheduler,
+            holdout,
+            work_dir,
+            max_rounds,
+            promote=True,
+            split=split,
+            implicit_ham_weight=implicit_ham_weight,
         )
         if not passed:
             raise typer.Exit(1)

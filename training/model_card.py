@@ -218,7 +218,7 @@ as it was logged, labelled by what followed (feedback, admin verdicts, locks).
 - Labels: admin verdicts; complaints (spam), replies and not-spam reports (ham); the
   spam-like mail of accounts confirmed compromised; the mail of accounts cleared after a
   false lock (ham); otherwise, mail nobody objected to once its feedback window closed
-  (ham, at a lower weight). See `training/events.py`.
+  (ham). See `training/events.py`.
 
 | split | messages | spam |
 | --- | --- | --- |

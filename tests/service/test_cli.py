@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -13,7 +15,7 @@ runner = CliRunner()
 def test_help_lists_the_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("serve", "train", "evaluate"):
+    for command in ("serve", "train", "evaluate", "retrain", "promote", "rollback", "signatures"):
         assert command in result.output
 
 
@@ -23,3 +25,19 @@ def test_serve_refuses_a_public_bind_without_tokens(monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 2
     assert "Refusing to bind 0.0.0.0" in result.output
     assert "OUTGUARD_TOKENS" in result.output
+
+
+def test_retrain_says_what_is_wrong_with_its_options(tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["retrain", "--from-events", str(tmp_path / "nope.db")])
+    assert missing.exit_code == 2
+    assert "no event log at" in " ".join(missing.output.split())
+    database = tmp_path / "events.db"
+    database.touch()
+    for option, value, says in (
+        ("--label-delay", "soon", "is not a duration such as 90s, 30m, 12h or 2d"),
+        ("--split", "0.5,0.5", "three positive shares that add up to 1"),
+        ("--engine", "spark", "--engine is local or dask"),
+    ):
+        result = runner.invoke(app, ["retrain", "--from-events", str(database), option, value])
+        assert result.exit_code == 2, result.output
+        assert says in " ".join(result.output.split())
