@@ -106,7 +106,7 @@ def build_container(settings: Settings) -> Container:
     webhooks = WebhookStore(database)
     notifier = WebhookNotifier(webhooks, settings)
     model = ModelHolder(bundle, primary.source, primary.registry_version)
-    if (shadow := models.load_shadow()) is not None:
+    if (shadow := models.load_shadow_or_none()) is not None:
         model.shadow, model.shadow_source = shadow.bundle, shadow.source
     fingerprints = (
         FingerprintService(settings.fingerprint_policy, SqliteSignatureStore(database))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models.bundle import BUNDLE_FILE, BundleError, ModelBundle, load_bundle
+from models.registry import RegistryError
 from service.errors import OutguardError
 
 if TYPE_CHECKING:
@@ -99,6 +100,14 @@ class ModelManager:
             log.warning("the registry has no champion yet: serving %s", self.settings.model_dir)
         return LoadedBundle(load_bundle(self.settings.model_dir), str(self.settings.model_dir))
 
+    def load_shadow_or_none(self) -> LoadedBundle | None:
+        """The shadow at start-up: a shadow that cannot be loaded must not stop the service."""
+        try:
+            return self.load_shadow()
+        except BundleError as error:
+            log.warning("no shadow model: %s", error)
+            return None
+
     def load_shadow(self) -> LoadedBundle | None:
         name = self.settings.shadow_model
         if not name:
@@ -123,10 +132,12 @@ class ModelManager:
         """Load the primary and shadow afresh and swap them in; the old ones serve if loading fails."""
         async with self._lock:
             previous = holder.current.version
+            from mlflow.exceptions import MlflowException  # imported late: MLflow is slow to import
+
             try:
                 primary = await asyncio.to_thread(self.load_primary)
                 shadow = await asyncio.to_thread(self.load_shadow)
-            except BundleError as error:
+            except (BundleError, RegistryError, OSError, MlflowException) as error:
                 raise ModelNotLoaded(f"{error}; still serving {previous}") from error
             holder.current, holder.source, holder.registry_version = (
                 primary.bundle,
