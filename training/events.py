@@ -287,19 +287,29 @@ class EventSplit:
     labels: np.ndarray
     weights: np.ndarray
     ts: np.ndarray
-    relay: np.ndarray
-    account: np.ndarray
+
+
+def _read(path: Path, split: str, columns: list[str] | None = None) -> pa.Table:
+    """The rows of one split (only `columns`), read a row group at a time."""
+    parquet = pq.ParquetFile(path)
+    wanted = None if columns is None else sorted({*columns, "split"})
+    parts = []
+    for group in range(parquet.num_row_groups):
+        table = parquet.read_row_group(group, columns=wanted)
+        parts.append(table.filter(pc.equal(table["split"], split)))
+    return pa.concat_tables(parts) if parts else _schema().empty_table()
+
+
+def read_labels(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's labels and weights only: what class weights and checks need, without the rows."""
+    table = _read(path, split, ["label", "weight"])
+    labels = table["label"].to_numpy(zero_copy_only=False).astype(np.int8)
+    return labels, table["weight"].to_numpy(zero_copy_only=False).astype(np.float32)
 
 
 def read_split(path: Path, split: str) -> EventSplit:
-    """One split of a dataset file, reading it a row group at a time."""
-    parquet = pq.ParquetFile(path)
-    parts: list[pa.Table] = []
-    for group in range(parquet.num_row_groups):
-        table = parquet.read_row_group(group)
-        mask = pc.equal(table["split"], split)
-        parts.append(table.filter(mask))
-    table = pa.concat_tables(parts) if parts else _schema().empty_table()
+    """One split of a dataset file, in memory (the feature columns, labels, weights and times)."""
+    table = _read(path, split, ["label", "weight", "ts", *FEATURE_NAMES])
     rows = (
         np.column_stack([table[name].to_numpy(zero_copy_only=False) for name in FEATURE_NAMES]).astype(
             np.float32, copy=False
@@ -312,6 +322,4 @@ def read_split(path: Path, split: str) -> EventSplit:
         labels=table["label"].to_numpy(zero_copy_only=False).astype(np.int8),
         weights=table["weight"].to_numpy(zero_copy_only=False).astype(np.float32),
         ts=table["ts"].to_numpy(zero_copy_only=False),
-        relay=np.asarray(table["relay"].to_pylist(), dtype=object),
-        account=np.asarray(table["account"].to_pylist(), dtype=object),
     )

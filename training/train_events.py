@@ -27,7 +27,7 @@ import numpy as np
 from features.spec import FEATURE_INDEX, FEATURE_NAMES, FEATURE_SPEC_VERSION
 from models.bundle import ModelBundle
 from training.evaluate import fit_platt, message_metrics
-from training.events import EventSplit, read_split
+from training.events import EventSplit, read_labels, read_split
 from training.train import CALIBRATION_PRIOR, ERA_CONFOUNDED, LGB_PARAMS
 
 # The sign of each feature's effect where it is known; LightGBM enforces it.
@@ -63,18 +63,18 @@ def _columns(features: tuple[str, ...]) -> np.ndarray:
     return np.array([FEATURE_INDEX[name] for name in features], dtype=np.intp)
 
 
-def _check(split: EventSplit, name: str, minimum: int) -> None:
-    spam = int(split.labels.sum())
-    if spam < minimum or len(split.labels) - spam < minimum:
+def _check(labels: np.ndarray, name: str, minimum: int) -> None:
+    spam = int(labels.sum())
+    if spam < minimum or len(labels) - spam < minimum:
         raise NotEnoughLabels(
-            f"the {name} split has {spam} spam and {len(split.labels) - spam} ham rows; at least {minimum} of "
+            f"the {name} split has {spam} spam and {len(labels) - spam} ham rows; at least {minimum} of "
             "each are needed (more traffic, a shorter --label-delay, or admin verdicts)"
         )
 
 
-def _params(config: EventTrainConfig, train: EventSplit) -> dict[str, Any]:
-    spam_weight = float(train.weights[train.labels == 1].sum())
-    ham_weight = float(train.weights[train.labels == 0].sum())
+def _params(config: EventTrainConfig, labels: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
+    spam_weight = float(weights[labels == 1].sum())
+    ham_weight = float(weights[labels == 0].sum())
     return {
         **config.params,
         "scale_pos_weight": ham_weight / max(spam_weight, 1e-9),
@@ -112,14 +112,16 @@ def _fit_dask(
 
 def train_from_events(dataset: Path, base: ModelBundle, config: EventTrainConfig) -> ModelBundle:
     """A calibrated bundle trained on `dataset` (an `events.parquet`), carrying `base`'s text model."""
-    train, validation, test = (read_split(dataset, s) for s in ("train", "validation", "test"))
-    for split, name in ((train, "train"), (validation, "validation"), (test, "test")):
-        _check(split, name, config.min_spam)
-    params = _params(config, train)
+    # On Dask the training rows stay with the workers: here only their labels and weights.
+    train_labels, train_weights = read_labels(dataset, "train")
+    validation, test = read_split(dataset, "validation"), read_split(dataset, "test")
+    for labels, name in ((train_labels, "train"), (validation.labels, "validation"), (test.labels, "test")):
+        _check(labels, name, config.min_spam)
+    params = _params(config, train_labels, train_weights)
     if config.engine == "dask":
         booster, best = _fit_dask(params, dataset, validation, config)
     else:
-        booster, best = _fit_local(params, train, validation, config)
+        booster, best = _fit_local(params, read_split(dataset, "train"), validation, config)
     # Keep only the rounds up to the best one: the saved model and the reasons read every tree.
     booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
 
@@ -129,9 +131,9 @@ def train_from_events(dataset: Path, base: ModelBundle, config: EventTrainConfig
     data = {
         "source": "the service's event log: logged feature vectors with labels from feedback, verdicts and locks",
         "dataset": str(dataset),
-        "rows": {"train": len(train.labels), "calibration": len(validation.labels), "test": len(test.labels)},
+        "rows": {"train": len(train_labels), "calibration": len(validation.labels), "test": len(test.labels)},
         "spam_rows": {
-            "train": int(train.labels.sum()),
+            "train": int(train_labels.sum()),
             "calibration": int(validation.labels.sum()),
             "test": int(test.labels.sum()),
         },
@@ -146,7 +148,7 @@ def train_from_events(dataset: Path, base: ModelBundle, config: EventTrainConfig
         booster=booster,
         text_model=base.text_model,
         calibration=calibration,
-        train_spam_prior=float(train.labels.mean()),
+        train_spam_prior=float(train_labels.mean()),
         calibration_prior=CALIBRATION_PRIOR,
         data=data,
         params={
