@@ -10,6 +10,7 @@ choice early stopping makes, at the cost of the extra rounds.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,9 @@ def fit_on_dask(
         y = frame["label"].to_dask_array(lengths=True)
         w = frame["weight"].to_dask_array(lengths=True)
         model = lgb.DaskLGBMClassifier(client=client, n_estimators=config.max_rounds, **params)
-        model.fit(x, y, sample_weight=w, feature_name=list(features))
+        with warnings.catch_warnings():
+            # The estimator's own n_jobs default; the Dask interface sets threads per worker.
+            warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+            model.fit(x, y, sample_weight=w, feature_name=list(features))
         booster = model.booster_
     return booster, best_round(booster, validation, features, config.max_rounds)
