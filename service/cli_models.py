@@ -7,14 +7,18 @@ passes and exits 1 when it refuses, so cron can alert on it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from models.registry import ModelRegistry, RegisteredBundle
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
 
@@ -161,29 +165,25 @@ def register(app: typer.Typer, console: Console) -> None:
         if not passed:
             raise typer.Exit(1)
 
-    @app.command()
-    def promote(version: Annotated[str, typer.Argument(help="Registry version to make champion")]) -> None:
-        """Make a registered version champion by hand (the old one becomes previous-champion)."""
+    def change_champion(change: Callable[[ModelRegistry], RegisteredBundle], done: str) -> None:
         from models.registry import RegistryError
 
         try:
-            entry = Settings().model_registry().promote(version)
+            entry = change(Settings().model_registry())
         except RegistryError as error:
             console.print(f"[red]{error}[/red]")
             raise typer.Exit(2) from error
-        console.print(f"version {entry.version} ({entry.bundle_version}) is champion")
+        console.print(f"{done}: version {entry.version} ({entry.bundle_version}) is champion")
+
+    @app.command()
+    def promote(version: Annotated[str, typer.Argument(help="Registry version to make champion")]) -> None:
+        """Make a registered version champion by hand (the old one becomes previous-champion)."""
+        change_champion(lambda registry: registry.promote(version), "promoted")
 
     @app.command()
     def rollback() -> None:
         """Make the previous champion champion again."""
-        from models.registry import RegistryError
-
-        try:
-            entry = Settings().model_registry().rollback()
-        except RegistryError as error:
-            console.print(f"[red]{error}[/red]")
-            raise typer.Exit(2) from error
-        console.print(f"rolled back: version {entry.version} ({entry.bundle_version}) is champion")
+        change_champion(lambda registry: registry.rollback(), "rolled back")
 
     @app.command()
     def models() -> None:

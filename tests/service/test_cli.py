@@ -41,3 +41,13 @@ def test_retrain_says_what_is_wrong_with_its_options(tmp_path: Path) -> None:
         result = runner.invoke(app, ["retrain", "--from-events", str(database), option, value])
         assert result.exit_code == 2, result.output
         assert says in " ".join(result.output.split())
+
+
+def test_promote_and_rollback_say_what_the_registry_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OUTGUARD_STATE_DIR", str(tmp_path))
+    rollback = runner.invoke(app, ["rollback"])
+    assert rollback.exit_code == 2
+    assert "no previous champion to roll back to" in " ".join(rollback.output.split())
+    promote = runner.invoke(app, ["promote", "9"])
+    assert promote.exit_code == 2
+    assert "no version 9 of registered model 'outguard'" in " ".join(promote.output.split())
