@@ -72,18 +72,22 @@ class ModelRegistry:
         tags: dict[str, str] | None = None,
     ) -> str:
         """One MLflow run with everything about a trained bundle; its id."""
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
-        run_id = run.info.run_id
         from mlflow.entities import Metric, Param
 
-        self.client.log_batch(
-            run_id,
-            params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())],
-            metrics=[Metric(k, float(v), 0, 0) for k, v in sorted(metrics.items()) if v is not None],
-        )
-        self.client.log_artifacts(run_id, str(bundle_dir), artifact_path=BUNDLE_ARTIFACT)
-        for path in artifacts:
-            self.client.log_artifact(run_id, str(path))
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
+        run_id = run.info.run_id
+        try:
+            self.client.log_batch(
+                run_id,
+                params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())],
+                metrics=[Metric(k, float(v), 0, 0) for k, v in sorted(metrics.items()) if v is not None],
+            )
+            self.client.log_artifacts(run_id, str(bundle_dir), artifact_path=BUNDLE_ARTIFACT)
+            for path in artifacts:
+                self.client.log_artifact(run_id, str(path))
+        except BaseException:
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
         self.client.set_terminated(run_id)
         return run_id
 
@@ -112,12 +116,16 @@ class ModelRegistry:
         )
 
     def by_alias(self, alias: str) -> RegisteredBundle | None:
+        """The version the alias names; None when the alias or the model does not exist (other errors raise)."""
         from mlflow.exceptions import MlflowException
 
         try:
             return self._describe(self.client.get_model_version_by_alias(self.model_name, alias))
-        except MlflowException:
-            return None
+        except MlflowException as error:
+            # A missing alias comes back as INVALID_PARAMETER_VALUE, a missing model as RESOURCE_DOES_NOT_EXIST.
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and "not found" in str(error):
+                return None
+            raise
 
     def get(self, version: str) -> RegisteredBundle:
         from mlflow.exceptions import MlflowException
@@ -125,6 +133,8 @@ class ModelRegistry:
         try:
             return self._describe(self.client.get_model_version(self.model_name, version))
         except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
             raise RegistryError(f"no version {version} of registered model {self.model_name!r}") from exc
 
     def versions(self) -> list[RegisteredBundle]:
@@ -155,7 +165,7 @@ class ModelRegistry:
     # -- bundles
 
     def download(self, entry: RegisteredBundle, destination: Path) -> Path:
-        """The version's bundle directory, copied to `destination` (replaced atomically)."""
+        """The version's bundle directory at `destination`, which appears whole or not at all."""
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=destination.parent))
         try:
             fetched = Path(
@@ -165,9 +175,13 @@ class ModelRegistry:
             )
             if not (fetched / BUNDLE_FILE).is_file():
                 raise RegistryError(f"version {entry.version} at {entry.source} holds no {BUNDLE_FILE}")
-            if destination.exists():
-                shutil.rmtree(destination)
-            fetched.rename(destination)
+            if destination.exists():  # a version's bundle never changes: a finished copy is as good
+                return destination
+            try:
+                fetched.rename(destination)
+            except OSError:
+                if not (destination / BUNDLE_FILE).is_file():  # not another process that got there first
+                    raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return destination

@@ -87,6 +87,7 @@ def train(
     work_dir: cli_models.WorkDirOption = None,
     max_rounds: cli_models.RoundsOption = 1000,
     split: cli_models.SplitOption = "0.7,0.15,0.15",
+    implicit_ham_weight: cli_models.ImplicitHamOption = 1.0,
 ) -> None:
     """Train the content model on the public corpora and write a bundle with its model card.
 
@@ -95,7 +96,16 @@ def train(
     """
     if from_events:
         cli_models.train_from_events_command(
-            console, from_events, label_delay, engine, scheduler, holdout, work_dir, max_rounds, split
+            console,
+            from_events,
+            label_delay,
+            engine,
+            scheduler,
+            holdout,
+            work_dir,
+            max_rounds,
+            split,
+            implicit_ham_weight,
         )
         return
     from training.dataset import build_corpus_dataset

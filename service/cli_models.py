@@ -6,6 +6,7 @@ passes and exits 1 when it refuses, so cron can alert on it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,11 +28,13 @@ def parse_duration(text: str) -> float:
     """`90s`, `30m`, `12h`, `2d`, or plain seconds."""
     text = text.strip().lower()
     try:
-        if text and text[-1] in DURATION_UNITS:
-            return float(text[:-1]) * DURATION_UNITS[text[-1]]
-        return float(text)
+        unit = DURATION_UNITS.get(text[-1:], 1)
+        seconds = float(text[:-1] if text[-1:] in DURATION_UNITS else text) * unit
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a duration such as 90s, 30m, 12h or 2d") from None
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise typer.BadParameter(f"{text!r} is not a duration such as 90s, 30m, 12h or 2d")
+    return seconds
 
 
 EventsOption = Annotated[
@@ -207,6 +210,19 @@ def train_from_events_command(
     work_dir: Path | None,
     max_rounds: int,
     split: str,
+    implicit_ham_weight: float,
 ) -> None:
     """`outguard train --from-events`: the pipeline without promotion (the new version is challenger)."""
-    _run(console, events, label_delay, engine, scheduler, holdout, work_dir, max_rounds, promote=False, split=split)
+    _run(
+        console,
+        events,
+        label_delay,
+        engine,
+        scheduler,
+        holdout,
+        work_dir,
+        max_rounds,
+        promote=False,
+        split=split,
+        implicit_ham_weight=implicit_ham_weight,
+    )

@@ -28,6 +28,9 @@ class Metrics:
             buckets=PROBABILITY_BUCKETS,
             registry=self.registry,
         )
+        self.shadow_failures = Counter(
+            "outguard_shadow_failures", "Batches the shadow model failed to score", registry=self.registry
+        )
         self.campaigns_detected = Counter(
             "outguard_campaigns_detected", "Content clusters that became campaigns", registry=self.registry
         )

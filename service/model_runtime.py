@@ -101,10 +101,12 @@ class ModelManager:
         return LoadedBundle(load_bundle(self.settings.model_dir), str(self.settings.model_dir))
 
     def load_shadow_or_none(self) -> LoadedBundle | None:
-        """The shadow at start-up: a shadow that cannot be loaded must not stop the service."""
+        """The shadow, or None with a warning: a shadow that cannot be loaded must never stop the acting model."""
+        from mlflow.exceptions import MlflowException  # imported late: MLflow is slow to import
+
         try:
             return self.load_shadow()
-        except BundleError as error:
+        except (BundleError, RegistryError, OSError, MlflowException) as error:
             log.warning("no shadow model: %s", error)
             return None
 
@@ -129,14 +131,13 @@ class ModelManager:
     # -- swapping (async: from the API or the poller)
 
     async def reload(self, holder: ModelHolder) -> dict[str, object]:
-        """Load the primary and shadow afresh and swap them in; the old ones serve if loading fails."""
+        """Load the acting model afresh and swap it in (the old one serves if loading fails); then the shadow."""
+        from mlflow.exceptions import MlflowException  # imported late: MLflow is slow to import
+
         async with self._lock:
             previous = holder.current.version
-            from mlflow.exceptions import MlflowException  # imported late: MLflow is slow to import
-
             try:
                 primary = await asyncio.to_thread(self.load_primary)
-                shadow = await asyncio.to_thread(self.load_shadow)
             except (BundleError, RegistryError, OSError, MlflowException) as error:
                 raise ModelNotLoaded(f"{error}; still serving {previous}") from error
             holder.current, holder.source, holder.registry_version = (
@@ -144,11 +145,12 @@ class ModelManager:
                 primary.source,
                 primary.registry_version,
             )
-            holder.shadow = shadow.bundle if shadow else None
-            holder.shadow_source = shadow.source if shadow else None
             if self.metrics is not None:
                 self.metrics.model_info.clear()
                 self.metrics.model_info.labels(primary.bundle.version, primary.bundle.feature_spec_version).set(1)
+            shadow = await asyncio.to_thread(self.load_shadow_or_none)
+            holder.shadow = shadow.bundle if shadow else None
+            holder.shadow_source = shadow.source if shadow else None
             if primary.bundle.version != previous:
                 log.info("model reloaded: %s -> %s (%s)", previous, primary.bundle.version, primary.source)
             return {**holder.describe(), "previous_version": previous, "changed": primary.bundle.version != previous}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +55,8 @@ from service.stores import (
 )
 from service.stores.memory import MemoryMessageIndex
 from service.stores.sqlite_accounts import SqliteAccountLedger
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -171,8 +174,7 @@ class Scorer:
         rows = [p.row for p in pending if p.row is not None]
         matrix = np.vstack(rows) if rows else None
         prediction = bundle.predict(matrix) if matrix is not None else None
-        # The shadow scores the same rows; its answer is logged, never acted on.
-        shadowed = shadow.predict(matrix).probabilities if shadow is not None and matrix is not None else None
+        shadowed = self._shadow_scores(shadow, matrix)
         results = []
         scored = 0
         for item in pending:
@@ -185,6 +187,21 @@ class Scorer:
             results.append(await self._finish(item, bundle, prediction, scored))
             scored += 1
         return results
+
+    def _shadow_scores(self, shadow: ModelBundle | None, matrix: np.ndarray | None) -> np.ndarray | None:
+        """The shadow's probabilities for the same rows: logged, never acted on, never allowed to fail a request.
+
+        The rows carry the acting bundle's text score; a shadow trained from events shares
+        that text model (`training.train_events`), a shadow with its own is compared on it.
+        """
+        if shadow is None or matrix is None:
+            return None
+        try:
+            return shadow.predict(matrix).probabilities
+        except Exception:  # a broken shadow costs its comparison, not the answer
+            log.exception("shadow model %s failed", shadow.version)
+            self.metrics.shadow_failures.inc()
+            return None
 
     def _content(self, message: MessageInput, bundle: ModelBundle) -> tuple[ParsedMessage, ContentVector]:
         """The pure part: parse and content features, no state touched."""

@@ -71,8 +71,9 @@ def fit_on_dask(
     # LightGBM's Dask interface sets each worker's threads from the cluster itself.
     params = {k: v for k, v in params.items() if k not in ("num_threads", "n_jobs")}
     with dask_client(config.scheduler) as client:
+        # The workers open the file themselves: on a real cluster it must be on storage they share.
         frame = dd.read_parquet(
-            str(dataset), columns=[*features, "label", "weight"], filters=[("split", "==", "train")]
+            str(dataset.resolve()), columns=[*features, "label", "weight"], filters=[("split", "==", "train")]
         )
         workers = max(1, len(client.scheduler_info()["workers"]))
         if frame.npartitions < workers:

@@ -6,13 +6,17 @@ Every scored message was logged with its feature vector exactly as the model saw
 1. an admin verdict on the message (`spam` or `ham`);
 2. a complaint (spam), or a reply or `not_spam` report (ham);
 3. the account's fate: an account confirmed compromised at time T (a `compromised`
-   verdict, a lock by a person, or an automatic lock that no `clean` verdict undid)
+   verdict, a lock by a person, or an automatic lock with no `clean` verdict since)
    makes its spam-like messages (p >= `compromise_min_probability`) in the
-   `lookback_s` before T spam; a `clean` verdict after an automatic lock makes the
-   account's messages in the `lookback_s` before that lock ham (a false lock, the
-   most valuable correction);
-4. otherwise a message from an account with no lock, complaint or compromise around it
-   is ham, weighted `implicit_ham_weight`: nobody objected to it.
+   `lookback_s` before T spam; a `clean` verdict within the label delay of an
+   automatic lock makes the account's messages in the `lookback_s` before that lock
+   ham (a false lock, the most valuable correction); a `clean` verdict later than
+   that may follow a clean-up as well as a mistake, so it labels nothing;
+4. otherwise a message that was accepted (recipients could have objected), from an
+   account with no lock, compromise, complaint or spam verdict within `lookback_s`, is
+   ham, weighted `implicit_ham_weight`: nobody objected to it.
+
+Only what was known at `as_of` counts: later verdicts, feedback and locks are ignored.
 
 A message is labelled only once its feedback window has closed (`label_delay_s` before
 `as_of`, the log's own newest time by default, so a replayed log labels the same way).
@@ -102,47 +106,62 @@ class DatasetSummary:
 
 
 def _account_periods(connection: sqlite3.Connection, policy: LabelPolicy, as_of: float) -> dict[tuple, _Periods]:
-    """Per (relay, account): when it was confirmed compromised and when a false lock was cleared."""
+    """Per (relay, account): when it was confirmed compromised, when a false lock was cleared, when flagged."""
     events: dict[tuple, list[tuple[float, str]]] = defaultdict(list)
     for relay, account, ts, actor in connection.execute(
-        "SELECT relay, account, ts, actor FROM audit_log WHERE action IN ('locked', 'locked_temporary') ORDER BY ts"
+        "SELECT relay, account, ts, actor FROM audit_log "
+        "WHERE action IN ('locked', 'locked_temporary') AND ts <= ? ORDER BY ts",
+        (as_of,),
     ):
         events[(relay, account)].append((ts, "auto_lock" if actor == "outguard" else "admin_lock"))
     for relay, account, ts, label in connection.execute(
-        "SELECT relay, account, ts, label FROM labels WHERE target = 'account' ORDER BY ts"
+        "SELECT relay, account, ts, label FROM labels WHERE target = 'account' AND ts <= ? ORDER BY ts", (as_of,)
     ):
         events[(relay, account)].append((ts, label))
+    # Complaints and spam verdicts about any of its messages: its other mail is not silently ham.
+    for relay, account, ts in connection.execute(
+        "SELECT relay, account, ts FROM feedback_events WHERE type = 'complaint' AND matched = 1 AND ts <= ? "
+        "UNION ALL SELECT relay, account, ts FROM labels WHERE target = 'message' AND label = 'spam' "
+        "AND account IS NOT NULL AND ts <= ?",
+        (as_of, as_of),
+    ):
+        events[(relay, account)].append((ts, "objection"))
     periods: dict[tuple, _Periods] = {}
     for key, items in events.items():
         items.sort()
         found = periods.setdefault(key, _Periods())
         for i, (ts, kind) in enumerate(items):
-            if kind in ("compromised", "admin_lock"):
+            if kind == "objection":
+                found.flagged.append(ts)
+            elif kind in ("compromised", "admin_lock"):
                 found.compromised.append(ts)
                 found.flagged.append(ts)
             elif kind == "auto_lock":
                 found.flagged.append(ts)
                 window_end = ts + policy.label_delay_s
-                undone = any(k == "clean" and ts <= t <= window_end for t, k in items[i + 1 :])
-                if undone:
-                    found.cleared.append(ts)
-                elif window_end <= as_of:
+                cleans = [t for t, k in items[i + 1 :] if k == "clean"]
+                if any(t <= window_end for t in cleans):
+                    found.cleared.append(ts)  # undone soon: a false lock
+                elif not cleans and window_end <= as_of:
                     found.compromised.append(ts)
+                # A `clean` long after may follow a clean-up as well as a mistake: neither.
+        found.flagged.sort()
     return periods
 
 
 _ROWS = """
 SELECT s.id, s.ts, s.relay, s.account, s.message_id, s.feature_spec_version, s.features, s.spam_probability,
-    (SELECT l.label FROM labels l WHERE l.target = 'message' AND l.message_id = s.message_id
+    s.action,
+    (SELECT l.label FROM labels l WHERE l.target = 'message' AND l.message_id = s.message_id AND l.ts <= :as_of
         ORDER BY l.ts DESC LIMIT 1) AS verdict,
     coalesce(f.complaints, 0) AS complaints, coalesce(f.ham_signals, 0) AS ham_signals
 FROM scored_messages s
 LEFT JOIN (
     SELECT message_id, relay, sum(type = 'complaint') AS complaints,
         sum(type IN ('reply', 'not_spam')) AS ham_signals
-    FROM feedback_events WHERE matched = 1 AND message_id IS NOT NULL GROUP BY message_id, relay
+    FROM feedback_events WHERE matched = 1 AND message_id IS NOT NULL AND ts <= :as_of GROUP BY message_id, relay
 ) f ON f.message_id = s.message_id AND f.relay = s.relay
-WHERE s.features IS NOT NULL AND s.ts <= ?
+WHERE s.features IS NOT NULL AND s.ts <= :cutoff
 ORDER BY s.ts, s.id
 """
 
@@ -163,6 +182,8 @@ def label_for(row: sqlite3.Row, periods: _Periods | None, policy: LabelPolicy) -
             return 0, 1.0, "cleared"
         if periods.flagged_near(ts, policy.lookback_s):
             return None
+    if row["action"] != "accept":
+        return None  # held, deferred or rejected: no recipient could have objected
     return 0, policy.implicit_ham_weight, "implicit"
 
 
@@ -181,19 +202,32 @@ def _schema() -> pa.Schema:
     return pa.schema(fields + [pa.field(name, pa.float32()) for name in FEATURE_NAMES])
 
 
-def _split_times(connection: sqlite3.Connection, cutoff: float, shares: tuple[float, float, float]) -> tuple:
-    (count,) = connection.execute(
-        "SELECT count(*) FROM scored_messages WHERE features IS NOT NULL AND ts <= ?", (cutoff,)
-    ).fetchone()
+def _newest(database: Path) -> float:
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return connection.execute("SELECT max(ts) FROM scored_messages").fetchone()[0] or 0.0
+    finally:
+        connection.close()
+
+
+def _split_times(databases: list[Path], cutoff: float, shares: tuple[float, float, float]) -> tuple[float, float]:
+    """Times that cut every log's eligible messages, taken together, into the split shares (oldest first)."""
     times = []
-    for share in (shares[0], shares[0] + shares[1]):
-        offset = min(max(0, int(count * share)), max(0, count - 1))
-        found = connection.execute(
-            "SELECT ts FROM scored_messages WHERE features IS NOT NULL AND ts <= ? ORDER BY ts LIMIT 1 OFFSET ?",
-            (cutoff, offset),
-        ).fetchone()
-        times.append(found[0] if found else cutoff)
-    return times[0], times[1]
+    for database in databases:
+        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        try:
+            found = connection.execute(
+                "SELECT ts FROM scored_messages WHERE features IS NOT NULL AND ts <= ?", (cutoff,)
+            ).fetchall()
+        finally:
+            connection.close()
+        times.append(np.fromiter((t for (t,) in found), dtype=np.float64, count=len(found)))
+    every = np.sort(np.concatenate(times)) if times else np.zeros(0)
+    if not every.size:
+        return cutoff, cutoff
+    first = every[min(int(every.size * shares[0]), every.size - 1)]
+    second = every[min(int(every.size * (shares[0] + shares[1])), every.size - 1)]
+    return float(first), float(second)
 
 
 def build_event_dataset(
@@ -210,20 +244,18 @@ def build_event_dataset(
     spam = dict.fromkeys(SPLITS, 0)
     by_source: dict[str, int] = defaultdict(int)
     skipped = unlabelled = 0
-    split_times = (0.0, 0.0)
-    log_as_of = as_of or 0.0
+    # One clock for all the logs: the newest message of any, unless given.
+    as_of = as_of if as_of is not None else max((_newest(d) for d in databases), default=0.0)
+    cutoff = as_of - policy.label_delay_s
+    split_times = _split_times(databases, cutoff, policy.split_shares)
     schema = _schema()
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         for database in databases:
             connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
             connection.row_factory = sqlite3.Row
             try:
-                newest = connection.execute("SELECT max(ts) FROM scored_messages").fetchone()[0] or 0.0
-                log_as_of = as_of if as_of is not None else newest
-                cutoff = log_as_of - policy.label_delay_s
-                periods = _account_periods(connection, policy, log_as_of)
-                split_times = _split_times(connection, cutoff, policy.split_shares)
-                cursor = connection.execute(_ROWS, (cutoff,))
+                periods = _account_periods(connection, policy, as_of)
+                cursor = connection.execute(_ROWS, {"as_of": as_of, "cutoff": cutoff})
                 for chunk in _chunks(cursor):
                     batch: dict[str, list] = defaultdict(list)
                     vectors = []
@@ -264,7 +296,7 @@ def build_event_dataset(
                 connection.close()
     return DatasetSummary(
         path=path,
-        as_of=log_as_of if databases else 0.0,
+        as_of=as_of,
         rows=rows,
         spam=spam,
         by_source=dict(by_source),

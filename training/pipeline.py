@@ -121,7 +121,9 @@ def _replay(holdout: Path, settings: Settings, bundle_dir: Path, database: Path)
 
     for stale in database.parent.glob(database.name + "*"):
         stale.unlink()
-    return replay_folder(holdout, settings.model_copy(update={"model_dir": bundle_dir}), database)
+    # Exactly this bundle: not the registry's champion, no shadow, no polling.
+    only = {"model_dir": bundle_dir, "model_source": "dir", "shadow_model": None, "model_poll_s": 0.0}
+    return replay_folder(holdout, settings.model_copy(update=only), database)
 
 
 def retrain(

@@ -135,6 +135,8 @@ class FeedbackIngestor:
         for event, ref in zip(events, refs, strict=True):
             if ref is not None:
                 event.relay, event.account, event.matched = ref.relay, ref.account, True
+                # Matched by queue id alone: name the message, so labels can join on it.
+                event.message_id = event.message_id or ref.message_id
             elif event.account is not None:
                 # Never scored here (or not yet): the caller named the account.
                 event.relay = event.relay or DEFAULT_RELAY

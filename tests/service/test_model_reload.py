@@ -114,3 +114,14 @@ def test_a_shadow_scores_the_same_traffic_and_never_acts(settings: Settings, tmp
     [pair] = report["pairs"]
     assert (pair["shadow_model"], pair["messages"]) == ("steeper", 6)
     assert pair["mean_abs_difference"] > 0
+
+
+def test_a_shadow_that_cannot_load_never_holds_back_the_acting_model(served: Settings, tmp_path: Path) -> None:
+    registry = served.model_registry()
+    missing_shadow = served.model_copy(update={"shadow_model": "challenger"})  # no such alias yet
+    with TestClient(create_app(missing_shadow)) as client:
+        assert client.get("/v1/admin/models").json()["shadow_version"] is None
+        registry.promote(register(registry, bundle_copy(tmp_path / "b", "copy-4"), "copy-4"))
+        reloaded = client.post("/v1/admin/models/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        assert (reloaded.json()["model_version"], reloaded.json()["shadow_version"]) == ("copy-4", None)

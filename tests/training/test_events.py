@@ -28,20 +28,17 @@ def stamp(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def send(client: TestClient, message_id: str, account: str, spammy: bool, at: float) -> float:
+SHOUTING = OFFER.upper() + " CLICK NOW!!! $$$ FREE VIAGRA http://bit.ly/x"
+
+
+def send(client: TestClient, message_id: str, account: str, spammy: bool, at: float, **extra: object) -> dict:
     body = make_raw(subject="Watches 80% off" if spammy else "Board minutes", body=OFFER if spammy else MINUTES)
-    answer = client.post(
-        "/v1/score",
-        json={
-            "message_id": message_id,
-            "account": account,
-            "recipients": ["x@example.org"],
-            "raw": body,
-            "timestamp": stamp(at),
-        },
-    )
+    if extra.pop("shouting", False):
+        body = make_raw(subject="FREE VIAGRA!!! 80% OFF $$$", body=SHOUTING)
+    message = {"message_id": message_id, "account": account, "recipients": ["x@example.org"], "raw": body}
+    answer = client.post("/v1/score", json={**message, "timestamp": stamp(at), **extra})
     assert answer.status_code == 200, answer.text
-    return answer.json()["spam_probability"]
+    return answer.json()
 
 
 def verdict(client: TestClient, **body: object) -> None:
@@ -63,11 +60,22 @@ def event_log(client: TestClient, settings: Settings) -> Path:
     send(client, "<c1@x>", "carol", spammy=False, at=at + 21)
     # erin: locked automatically, then an admin called her clean: a false lock.
     send(client, "<e0@x>", "erin", spammy=True, at=at + 30)
+    # dave: one message so spam-like it was held: nobody received it, so nobody objected.
+    assert send(client, "<d0@x>", "dave", spammy=True, at=at + 40, shouting=True)["action"] == "hold"
+    # frank: a complaint about one message says nothing good about his next one.
+    send(client, "<f0@x>", "frank", spammy=True, at=at + 50)
+    send(client, "<f1@x>", "frank", spammy=False, at=at + 51)
+    # gina: locked automatically, called clean only days later: a clean-up or a mistake.
+    send(client, "<g0@x>", "gina", spammy=True, at=at + 60)
+    # hank: a complaint that names only the relay's queue id.
+    send(client, "<h0@x>", "hank", spammy=True, at=at + 70, queue_id="4F1A2B3C")
     asyncio.run(client.app.state.container.events.flush())
 
     feedback = [
         {"event_id": "r1", "type": "reply", "message_id": "<a0@x>", "recipient": "x@example.org"},
         {"event_id": "c1", "type": "complaint", "message_id": "<b0@x>", "recipient": "x@example.org"},
+        {"event_id": "c2", "type": "complaint", "message_id": "<f0@x>", "recipient": "x@example.org"},
+        {"event_id": "c3", "type": "complaint", "queue_id": "4F1A2B3C", "recipient": "x@example.org"},
     ]
     for event in feedback:
         assert client.post("/v1/feedback", json={**event, "timestamp": stamp(at + 100)}).status_code in (200, 201)
@@ -81,6 +89,17 @@ def event_log(client: TestClient, settings: Settings) -> Path:
             (at + 31,),
         )
     verdict(client, target="account", label="clean", relay="default", account="erin", timestamp=stamp(at + 2 * HOUR))
+    with sqlite3.connect(settings.sqlite_path) as db:
+        db.execute(
+            "INSERT INTO audit_log (ts, relay, account, action, actor, reason, from_status, to_status, details) "
+            "VALUES (?, 'default', 'gina', 'locked_temporary', 'outguard', 'risk', 'active', 'locked_temporary', '{}')",
+            (at + 61,),
+        )
+        db.execute(
+            "INSERT INTO labels (target, relay, account, label, actor, reason, ts, created_at) "
+            "VALUES ('account', 'default', 'gina', 'clean', 'ops', 'cleaned up', ?, ?)",
+            (at + 61 + 2.5 * 86_400, time.time()),
+        )
     return settings.sqlite_path
 
 
@@ -99,9 +118,19 @@ def test_every_message_gets_the_label_its_history_gave_it(event_log: Path, tmp_p
     assert labels["bob"] == [(1, "complaint"), (1, "verdict"), (0, "verdict")]
     assert labels["carol"] == [(1, "compromised")]  # her ham-like message is left unlabelled
     assert labels["erin"] == [(0, "cleared")]
-    assert summary.unlabelled == 1
+    assert labels["frank"] == [(1, "complaint")]  # his next message is left unlabelled
+    assert labels["hank"] == [(1, "complaint")]
+    assert "dave" not in labels and "gina" not in labels
+    assert summary.unlabelled == 4  # carol's ham, dave's held spam, frank's next message, gina's
     weights = pq.read_table(summary.path).to_pandas().set_index("label_source")["weight"]
     assert weights["implicit"].max() == pytest.approx(LabelPolicy().implicit_ham_weight)
+
+
+def test_what_happened_after_as_of_is_not_known(event_log: Path, tmp_path: Path) -> None:
+    # As of just after bob's messages: no complaint or verdict yet, they were accepted, nobody objected.
+    summary = build_event_dataset([event_log], tmp_path, LabelPolicy(label_delay_s=0), as_of=NOW - 6 * HOUR + 15)
+    labels = labels_by_account(summary.path)
+    assert labels["bob"] == [(0, "implicit")] * 3
 
 
 def test_nothing_is_labelled_before_its_feedback_window_closes(event_log: Path, tmp_path: Path) -> None:
