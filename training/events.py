@@ -118,12 +118,13 @@ def _account_periods(connection: sqlite3.Connection, policy: LabelPolicy, as_of:
         "SELECT relay, account, ts, label FROM labels WHERE target = 'account' AND ts <= ? ORDER BY ts", (as_of,)
     ):
         events[(relay, account)].append((ts, label))
-    # Complaints and spam verdicts about any of its messages: its other mail is not silently ham.
+    # An admin calling one of its messages spam: its other mail is not silently ham. A
+    # complaint is not enough: legitimate bulk mail draws about one per thousand recipients,
+    # and leaving a newsletter's whole send unlabelled teaches the model that volume is spam.
     for relay, account, ts in connection.execute(
-        "SELECT relay, account, ts FROM feedback_events WHERE type = 'complaint' AND matched = 1 AND ts <= ? "
-        "UNION ALL SELECT relay, account, ts FROM labels WHERE target = 'message' AND label = 'spam' "
+        "SELECT relay, account, ts FROM labels WHERE target = 'message' AND label = 'spam' "
         "AND account IS NOT NULL AND ts <= ?",
-        (as_of, as_of),
+        (as_of,),
     ):
         events[(relay, account)].append((ts, "objection"))
     periods: dict[tuple, _Periods] = {}
