@@ -13,8 +13,9 @@ Every scored message was logged with its feature vector exactly as the model saw
    ham (a false lock, the most valuable correction); a `clean` verdict later than
    that may follow a clean-up as well as a mistake, so it labels nothing;
 4. otherwise a message that was accepted (recipients could have objected), from an
-   account with no lock, compromise, complaint or spam verdict within `lookback_s`, is
-   ham, weighted `implicit_ham_weight`: nobody objected to it.
+   account with no lock, compromise or spam verdict within `lookback_s`, is ham,
+   weighted `implicit_ham_weight`: nobody objected to it. (A complaint labels only the
+   message it is about: legitimate bulk mail draws some.)
 
 Only what was known at `as_of` counts: later verdicts, feedback and locks are ignored.
 
