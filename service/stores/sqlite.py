@@ -190,6 +190,10 @@ def add_missing_columns(path: Path) -> None:
         connection.close()
 
 
+class DatabaseClosed(sqlite3.ProgrammingError):
+    """A read after `close`: the service is shutting down."""
+
+
 class SqliteDatabase:
     def __init__(self, path: Path, queue_max: int, on_write_failure: Callable[[int], None] | None = None) -> None:
         self.path = path
@@ -198,6 +202,10 @@ class SqliteDatabase:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        # Reads in flight: closing a connection another thread is using crashes the process.
+        self._active = 0
+        self._closed = False
+        self._idle = threading.Condition()
 
     def _reader(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -209,13 +217,25 @@ class SqliteDatabase:
                 self._readers.append(connection)
         return connection
 
+    def _run(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        with self._idle:
+            if self._closed:
+                raise DatabaseClosed(f"the database at {self.path} is closed")
+            self._active += 1
+        try:
+            return query(self._reader())
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
     async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only `query` in a worker thread."""
-        return await asyncio.to_thread(lambda: query(self._reader()))
+        return await asyncio.to_thread(self._run, query)
 
     def read_now(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """The same, from synchronous code (CLI, training, tests)."""
-        return query(self._reader())
+        return self._run(query)
 
     async def ping(self) -> bool:
         try:
@@ -226,6 +246,10 @@ class SqliteDatabase:
 
     def close(self) -> None:
         self.writer.close()
+        with self._idle:
+            self._closed = True
+            # A read cancelled on the event loop still runs in its thread: let it finish.
+            self._idle.wait_for(lambda: self._active == 0, timeout=30)
         with self._readers_lock:
             for connection in self._readers:
                 connection.close()
