@@ -17,6 +17,7 @@ from service.api.auth import TokenAuth, TokenAuthMiddleware
 from service.api.feedback import feedback
 from service.api.identity_rules import rules_router
 from service.api.models import models_router
+from service.api.reports import reports_router
 from service.api.routes import operations, scoring
 from service.api.signatures import signatures_router
 from service.api.webhooks import webhooks_router
@@ -158,6 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(signatures_router)
     app.include_router(models_router)
+    app.include_router(reports_router)
     app.include_router(operations)
     # Outermost last: metrics see every answer, auth runs before the body is read.
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)

@@ -1,0 +1,132 @@
+"""The outbound report: per account, identity, relay or day over a time range, riskiest first.
+
+One SQL query per report over the event log: the scored messages' counts and scores,
+the feedback that came back (bounces, complaints, replies) and the locks, each
+aggregated on the same key and joined. Rows come back from a cursor in pages, so a CSV
+of a large range streams without being held in memory.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class GroupBy(StrEnum):
+    ACCOUNT = "account"
+    IDENTITY = "identity"  # the account together with how it was identified (a header rule, SASL...)
+    RELAY = "relay"
+    DAY = "day"
+
+
+# The key columns of each grouping, as SQL over a table with ts, relay and account.
+_KEYS: dict[GroupBy, tuple[tuple[str, str], ...]] = {
+    GroupBy.ACCOUNT: (("relay", "relay"), ("account", "account")),
+    GroupBy.IDENTITY: (("identity_source", "identity_source"), ("relay", "relay"), ("account", "account")),
+    GroupBy.RELAY: (("relay", "relay"),),
+    GroupBy.DAY: (("day", "strftime('%Y-%m-%d', ts, 'unixepoch')"),),
+}
+METRICS = (
+    "messages",
+    "recipients",
+    "spam_messages",
+    "mean_spam_probability",
+    "max_spam_probability",
+    "bounces",
+    "complaints",
+    "replies",
+    "locks",
+)
+SORTABLE = frozenset(METRICS) | {"relay", "account", "day", "identity_source"}
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundQuery:
+    since: float
+    until: float
+    group_by: GroupBy = GroupBy.ACCOUNT
+    relay: str | None = None
+    identity_source: str | None = None  # e.g. `rule:php-script`: only identities found that way
+    sort: str = "-spam_messages"
+    limit: int | None = 100
+    offset: int = 0
+    hold_threshold: float = 0.99
+
+    def columns(self) -> list[str]:
+        return [name for name, _ in _KEYS[self.group_by]] + list(METRICS)
+
+
+def _sql(query: OutboundQuery) -> tuple[str, dict[str, object]]:
+    keys = _KEYS[query.group_by]
+    # Feedback and locks carry no identity source: they join on relay and account.
+    side_keys = tuple(k for k in keys if k[0] != "identity_source")
+    key_select = ", ".join(f"{expr} AS {name}" for name, expr in keys)
+    key_names = ", ".join(name for name, _ in keys)
+    side_select = ", ".join(f"{expr} AS {name}" for name, expr in side_keys)
+    side_names = ", ".join(name for name, _ in side_keys)
+    join_on = " AND ".join(f"f.{name} IS m.{name}" for name, _ in side_keys)
+    lock_on = " AND ".join(f"l.{name} IS m.{name}" for name, _ in side_keys)
+    filters = "ts >= :since AND ts < :until" + (" AND relay = :relay" if query.relay else "")
+    message_filters = filters + (" AND identity_source = :identity_source" if query.identity_source else "")
+    descending = query.sort.startswith("-")
+    column = query.sort.lstrip("-")
+    sql = f"""
+WITH m AS (
+    SELECT {key_select}, count(*) AS messages,
+        sum(json_array_length(recipients_hashed)) AS recipients,
+        sum(spam_probability >= :hold) AS spam_messages,
+        avg(spam_probability) AS mean_spam_probability,
+        max(spam_probability) AS max_spam_probability
+    FROM scored_messages WHERE {message_filters} GROUP BY {key_names}
+), f AS (
+    SELECT {side_select}, sum(type = 'bounce') AS bounces, sum(type = 'complaint') AS complaints,
+        sum(type = 'reply') AS replies
+    FROM feedback_events WHERE matched = 1 AND {filters} GROUP BY {side_names}
+), l AS (
+    SELECT {side_select}, count(*) AS locks
+    FROM audit_log WHERE action IN ('locked', 'locked_temporary') AND {filters} GROUP BY {side_names}
+)
+SELECT {", ".join(f"m.{name} AS {name}" for name, _ in keys)}, m.messages AS messages,
+    coalesce(m.recipients, 0) AS recipients, coalesce(m.spam_messages, 0) AS spam_messages,
+    round(m.mean_spam_probability, 4) AS mean_spam_probability,
+    round(m.max_spam_probability, 4) AS max_spam_probability,
+    coalesce(f.bounces, 0) AS bounces, coalesce(f.complaints, 0) AS complaints,
+    coalesce(f.replies, 0) AS replies, coalesce(l.locks, 0) AS locks
+FROM m LEFT JOIN f ON {join_on} LEFT JOIN l ON {lock_on}
+ORDER BY {column} {"DESC" if descending else "ASC"} NULLS LAST, {", ".join(f"m.{n}" for n, _ in keys)}
+"""
+    params: dict[str, object] = {
+        "since": query.since,
+        "until": query.until,
+        "hold": query.hold_threshold,
+        "relay": query.relay,
+        "identity_source": query.identity_source,
+    }
+    if query.limit is not None:
+        sql += " LIMIT :limit OFFSET :offset"
+        params.update(limit=query.limit, offset=query.offset)
+    return sql, params
+
+
+def outbound_rows(connection: sqlite3.Connection, query: OutboundQuery) -> list[tuple]:
+    sql, params = _sql(query)
+    return connection.execute(sql, params).fetchall()
+
+
+def count_groups(connection: sqlite3.Connection, query: OutboundQuery) -> int:
+    sql, params = _sql(OutboundQuery(**{**_as_dict(query), "limit": None, "offset": 0}))
+    return connection.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0]
+
+
+def iter_outbound(connection: sqlite3.Connection, query: OutboundQuery, page: int = 1_000) -> Iterator[list[tuple]]:
+    """The report's rows, `page` at a time, from one cursor (for streaming)."""
+    sql, params = _sql(query)
+    cursor = connection.execute(sql, params)
+    while rows := cursor.fetchmany(page):
+        yield rows
+
+
+def _as_dict(query: OutboundQuery) -> dict[str, object]:
+    return {name: getattr(query, name) for name in OutboundQuery.__slots__}
