@@ -249,6 +249,61 @@ def replay(
     console.print(table)
 
 
+@app.command()
+def report(
+    since: Annotated[str, typer.Option(help="Start: a duration back from --until (24h, 7d) or a time")] = "24h",
+    until: Annotated[str | None, typer.Option(help="End: unix seconds or RFC 3339 (default: now)")] = None,
+    to: Annotated[list[str] | None, typer.Option(help="Mail the digest to this address (repeatable)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the files (default: STATE_DIR/reports)")] = None,
+) -> None:
+    """A digest of suspicious and locked accounts: mailed over SMTP, or written as text and HTML."""
+    import sqlite3
+    import time
+
+    from service.api.reports import parse_time
+    from service.errors import InvalidInput
+    from service.reports.digest import (
+        SmtpTarget,
+        build_digest,
+        digest_message,
+        render_digest,
+        send_digest,
+        write_digest,
+    )
+
+    settings = Settings()
+    try:
+        end = parse_time(until, "until", time.time())
+        start = end - cli_models.parse_duration(since) if since[-1:].isalpha() else parse_time(since, "since", 0.0)
+    except InvalidInput as error:
+        raise typer.BadParameter(error.detail) from None
+    if not settings.sqlite_path.is_file():
+        raise typer.BadParameter(f"no event log at {settings.sqlite_path}")
+    connection = sqlite3.connect(f"file:{settings.sqlite_path}?mode=ro", uri=True)
+    try:
+        digest = build_digest(connection, start, end, settings.hold_threshold)
+    finally:
+        connection.close()
+    subject, text, html = render_digest(digest)
+    if to and settings.smtp_host:
+        target = SmtpTarget(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            starttls=settings.smtp_starttls,
+            sender=settings.smtp_from,
+        )
+        send_digest(digest_message(subject, text, html, settings.smtp_from, to), target)
+        console.print(f'sent "{subject}" to {", ".join(to)} through {settings.smtp_host}:{settings.smtp_port}')
+        return
+    if to:
+        console.print("[yellow]OUTGUARD_SMTP_HOST is not set: writing the digest to files instead.[/yellow]")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(end))
+    for path in write_digest(out or settings.state_dir / "reports", subject, text, html, stamp):
+        console.print(f"wrote {path}")
+
+
 signatures_app = typer.Typer(help="The known-spam signature database.", no_args_is_help=True)
 app.add_typer(signatures_app, name="signatures")
 

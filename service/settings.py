@@ -156,6 +156,14 @@ class Settings(BaseSettings):
     )
     gate_tolerance: float = Field(default=0.002, ge=0, description="How much worse a gate metric may be and still pass")
 
+    # -- digests (`outguard report`)
+    smtp_host: str | None = Field(default=None, description="SMTP server for digests; unset: write files instead")
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = Field(default=True, description="Upgrade the SMTP connection with STARTTLS")
+    smtp_from: str = Field(default="outguard@localhost", description="From address of digests")
+
     # -- webhooks
     public_url: str = Field(default="http://127.0.0.1:8000", description="How subscribers reach this service (links)")
     webhook_allow_private: bool = Field(
