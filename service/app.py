@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.accounts import accounts_router
@@ -22,6 +23,7 @@ from service.api.routes import operations, scoring
 from service.api.signatures import signatures_router
 from service.api.webhooks import webhooks_router
 from service.container import build_container
+from service.dashboard.routes import STATIC, dashboard_router
 from service.errors import PayloadTooLarge, install_error_handlers, send_error
 from service.metrics import Metrics
 from service.settings import Settings
@@ -160,6 +162,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(signatures_router)
     app.include_router(models_router)
     app.include_router(reports_router)
+    app.include_router(dashboard_router)
+    app.mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static")
     app.include_router(operations)
     # Outermost last: metrics see every answer, auth runs before the body is read.
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)

@@ -105,7 +105,7 @@ def build_container(settings: Settings) -> Container:
     rules = SqliteIdentityRules(database)
     webhooks = WebhookStore(database)
     notifier = WebhookNotifier(webhooks, settings)
-    model = ModelHolder(bundle, primary.source, primary.registry_version)
+    model = ModelHolder(bundle, primary.source, primary.registry_version, primary.directory)
     if (shadow := models.load_shadow_or_none()) is not None:
         model.shadow, model.shadow_source = shadow.bundle, shadow.source
     fingerprints = (

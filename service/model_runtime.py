@@ -41,15 +41,23 @@ class ModelNotLoaded(OutguardError):
 class LoadedBundle:
     bundle: ModelBundle
     source: str  # a directory, or `registry:<name>/<version>`
+    directory: Path  # where its files (and model card) are
     registry_version: str | None = None
 
 
 class ModelHolder:
     """The bundles in use. Swapping `current` is atomic; a request keeps the bundle it started with."""
 
-    def __init__(self, bundle: ModelBundle, source: str = "", registry_version: str | None = None) -> None:
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        source: str = "",
+        registry_version: str | None = None,
+        directory: Path | None = None,
+    ) -> None:
         self.current = bundle
         self.source = source
+        self.directory = directory
         self.registry_version = registry_version
         self.shadow: ModelBundle | None = None
         self.shadow_source: str | None = None
@@ -88,7 +96,7 @@ class ModelManager:
             cache.parent.mkdir(parents=True, exist_ok=True)
             self.registry.download(entry, cache)
         source = f"registry:{self.settings.registry_model_name}/{entry.version}"
-        return LoadedBundle(load_bundle(cache), source, entry.version)
+        return LoadedBundle(load_bundle(cache), source, cache, entry.version)
 
     def load_primary(self) -> LoadedBundle:
         if self.settings.model_source == "registry":
@@ -98,7 +106,7 @@ class ModelManager:
             if entry is not None:
                 return self._from_registry(entry)
             log.warning("the registry has no champion yet: serving %s", self.settings.model_dir)
-        return LoadedBundle(load_bundle(self.settings.model_dir), str(self.settings.model_dir))
+        return LoadedBundle(load_bundle(self.settings.model_dir), str(self.settings.model_dir), self.settings.model_dir)
 
     def load_shadow_or_none(self) -> LoadedBundle | None:
         """The shadow, or None with a warning: a shadow that cannot be loaded must never stop the acting model."""
@@ -116,7 +124,7 @@ class ModelManager:
             return None
         path = Path(name)
         if (path / BUNDLE_FILE).is_file():
-            return LoadedBundle(load_bundle(path), str(path))
+            return LoadedBundle(load_bundle(path), str(path), path)
         entry = self.registry.by_alias(name)
         if entry is None:
             raise BundleError(f"shadow model {name!r} is neither a bundle directory nor a registry alias")
@@ -140,10 +148,11 @@ class ModelManager:
                 primary = await asyncio.to_thread(self.load_primary)
             except (BundleError, RegistryError, OSError, MlflowException) as error:
                 raise ModelNotLoaded(f"{error}; still serving {previous}") from error
-            holder.current, holder.source, holder.registry_version = (
+            holder.current, holder.source, holder.registry_version, holder.directory = (
                 primary.bundle,
                 primary.source,
                 primary.registry_version,
+                primary.directory,
             )
             if self.metrics is not None:
                 self.metrics.model_info.clear()

@@ -118,16 +118,7 @@ async def account_view(container: Container, key: AccountKey) -> dict[str, Any]:
     }
 
 
-@accounts_router.get(
-    "/{relay}/{account:path}/incident",
-    summary="The incident report: what was seen, why it was locked, what to do next (JSON, Markdown or HTML)",
-)
-async def incident(
-    relay: RelayPath,
-    account: AccountPath,
-    container: ContainerDep,
-    format: Literal["json", "markdown", "html"] = Query(default="json"),
-) -> Response:
+async def incident_report(container: Container, key: AccountKey) -> dict[str, Any]:
     sources = IncidentSources(
         database=container.database,
         accounts=container.accounts,
@@ -138,7 +129,20 @@ async def incident(
         lock_threshold=container.settings.lock_threshold,
     )
     await container.events.flush()  # every message scored before this request is in the report
-    report = await build_incident(sources, AccountKey(relay, account))
+    return await build_incident(sources, key)
+
+
+@accounts_router.get(
+    "/{relay}/{account:path}/incident",
+    summary="The incident report: what was seen, why it was locked, what to do next (JSON, Markdown or HTML)",
+)
+async def incident(
+    relay: RelayPath,
+    account: AccountPath,
+    container: ContainerDep,
+    format: Literal["json", "markdown", "html"] = Query(default="json"),
+) -> Response:
+    report = await incident_report(container, AccountKey(relay, account))
     if format == "json":
         return json_response(report)
     media = "text/markdown; charset=utf-8" if format == "markdown" else "text/html; charset=utf-8"
@@ -156,14 +160,21 @@ async def lock_history(relay: RelayPath, account: AccountPath, container: Contai
     )
 
 
-async def _admin(
+async def change_account(
     container: Container, key: AccountKey, change: Callable[[AccountState, float], Transition]
-) -> Response:
+) -> None:
+    """An admin's change to an account (the API's and the dashboard's), audited before it takes effect."""
     state = await container.accounts.get(key)
     transition = change(state, time.time())
     # Stored and audited before the answer; only then does scoring see it.
     await container.scorer.apply_transitions(key, state, [transition])
     await container.accounts.put(key, state)
+
+
+async def _admin(
+    container: Container, key: AccountKey, change: Callable[[AccountState, float], Transition]
+) -> Response:
+    await change_account(container, key, change)
     return json_response(await account_view(container, key))
 
 

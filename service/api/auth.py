@@ -8,13 +8,19 @@ is off (and the CLI binds loopback only).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import quote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import Forbidden, OutguardError, Unauthenticated, send_error
 from service.settings import Scope as TokenScope
 from service.settings import Settings
+
+# The dashboard keeps an admin token in this cookie (HttpOnly, SameSite=Strict, path /dashboard).
+SESSION_COOKIE = "outguard_session"
 
 # Path prefix -> the scope it needs. Anything else under /v1/ needs `admin`; the
 # operational endpoints outside /v1/ (health, readiness, metrics, docs) are open.
@@ -41,17 +47,24 @@ class TokenAuth:
     def enabled(self) -> bool:
         return bool(self._tokens)
 
+    def scopes_of(self, presented: bytes) -> frozenset[TokenScope] | None:
+        found: frozenset[TokenScope] | None = None
+        for token, scopes in self._tokens:  # compare against every token: no timing hint of which matched
+            if hmac.compare_digest(token, presented):
+                found = scopes
+        return found
+
+    def is_admin(self, token: str) -> bool:
+        scopes = self.scopes_of(token.strip().encode())
+        return scopes is not None and TokenScope.ADMIN in scopes
+
     def check(self, authorization: str | None, needed: TokenScope) -> None:
         if not authorization:
             raise Unauthenticated("missing Authorization header; send `Authorization: Bearer <token>`")
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
             raise Unauthenticated("Authorization must be `Bearer <token>`")
-        presented = credentials.strip().encode()
-        found: frozenset[TokenScope] | None = None
-        for token, scopes in self._tokens:  # compare against every token: no timing hint of which matched
-            if hmac.compare_digest(token, presented):
-                found = scopes
+        found = self.scopes_of(credentials.strip().encode())
         if found is None:
             raise Unauthenticated("unknown token")
         if needed not in found and TokenScope.ADMIN not in found:
@@ -64,6 +77,12 @@ class TokenAuthMiddleware:
         self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.auth.enabled and _dashboard_page(scope["path"]):
+            if not self._dashboard_admin(scope):
+                await _redirect_to_login(scope, send)
+                return
+            await self.app(scope, receive, send)
+            return
         needed = required_scope(scope["path"]) if scope["type"] == "http" and self.auth.enabled else None
         if needed is not None:
             header = dict(scope["headers"]).get(b"authorization")
@@ -73,3 +92,27 @@ class TokenAuthMiddleware:
                 await send_error(send, exc)
                 return
         await self.app(scope, receive, send)
+
+    def _dashboard_admin(self, scope: Scope) -> bool:
+        headers = dict(scope["headers"])
+        cookies: SimpleCookie = SimpleCookie()
+        with contextlib.suppress(CookieError):  # a garbled Cookie header is no session, not an error
+            cookies.load(headers.get(b"cookie", b"").decode("latin-1"))
+        token = cookies[SESSION_COOKIE].value if SESSION_COOKIE in cookies else None
+        if token is None and (authorization := headers.get(b"authorization")):
+            scheme, _, token = authorization.decode("latin-1").partition(" ")
+            token = token if scheme.lower() == "bearer" else None
+        return bool(token) and self.auth.is_admin(token)
+
+
+def _dashboard_page(path: str) -> bool:
+    """Dashboard pages need an admin; its login page and its assets do not."""
+    return (path == "/dashboard" or path.startswith("/dashboard/")) and not path.startswith(
+        ("/dashboard/login", "/dashboard/static/")
+    )
+
+
+async def _redirect_to_login(scope: Scope, send: Send) -> None:
+    target = "/dashboard/login?next=" + quote(scope["path"], safe="/")
+    await send({"type": "http.response.start", "status": 303, "headers": [(b"location", target.encode())]})
+    await send({"type": "http.response.body", "body": b""})

@@ -1,0 +1,1 @@
+"""The web dashboard: pages (`routes`), their data (`data`) and charts (`charts`)."""
