@@ -35,7 +35,10 @@ def _frame(title: str, body: list[str], maximum: float, labels: Sequence[str], l
         f'<text x="{PAD_LEFT - 4}" y="{PAD_TOP + 8}" text-anchor="end">{maximum:,.4g}</text>',
         f'<text x="{PAD_LEFT - 4}" y="{HEIGHT - PAD_BOTTOM}" text-anchor="end">0</text>',
     ]
-    keys = [f'<tspan fill="{PALETTE[i % len(PALETTE)]}">■ {escape(name)}</tspan> ' for i, name in enumerate(legend)]
+    keys = [
+        f'<span class="key" style="color: {PALETTE[i % len(PALETTE)]}">■</span> {escape(name)} '
+        for i, name in enumerate(legend)
+    ]
     return Markup(
         f'<figure class="chart"><figcaption>{escape(title)} {"".join(keys)}</figcaption>'
         f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}" font-size="10">'
