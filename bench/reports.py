@@ -1,0 +1,90 @@
+"""Report and dashboard queries against a real event log (`python -m bench.reports`).
+
+Times the outbound report (JSON page and full CSV), the dashboard's overview series and
+one account's timeline, each over the whole log, on a copy of a replayed log
+(`outguard replay ... --keep-events`).
+
+Usage: python -m bench.reports --events var/sim-train-big/events.db
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from service.dashboard.data import account_timeline, overview, period_ending_at_newest
+from service.reports.outbound import GroupBy, OutboundQuery, iter_outbound, outbound_rows
+from service.stores.sqlite import SqliteDatabase
+
+HOLD = 0.99
+
+
+def timed(run: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = run()
+        best = min(best, time.perf_counter() - started)
+    return best * 1000, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=Path, default=Path("var/sim-train-big/events.db"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "events.db"
+        shutil.copy(args.events, copy)
+        SqliteDatabase(copy, 10).close()  # bring an older log's schema (and indexes) up to date
+        connection = sqlite3.connect(copy)
+        messages, start, end = connection.execute(
+            "SELECT count(*), min(ts), max(ts) + 1 FROM scored_messages"
+        ).fetchone()
+        table = Table(title=f"reports over {messages:,} scored messages ({(end - start) / 86_400:.1f} days)")
+        for column in ("query", "rows", "ms (best of 3)"):
+            table.add_column(column, justify="right")
+        for group in GroupBy:
+            query = OutboundQuery(start, end, group, limit=100, hold_threshold=HOLD)
+            ms, rows = timed(lambda q=query: outbound_rows(connection, q))
+            table.add_row(f"outbound, by {group.value}, first page of 100", f"{len(rows):,}", f"{ms:.0f}")
+
+        day = OutboundQuery(end - 86_400, end, GroupBy.ACCOUNT, limit=100, hold_threshold=HOLD)
+        ms, rows = timed(lambda: outbound_rows(connection, day))
+        table.add_row("outbound, by account, last 24 h, first page", f"{len(rows):,}", f"{ms:.0f}")
+
+        def full_csv() -> int:
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\r\n")
+            count = 0
+            for page in iter_outbound(connection, OutboundQuery(start, end, GroupBy.ACCOUNT, limit=None)):
+                writer.writerows(page)
+                count += len(page)
+            return count
+
+        ms, count = timed(full_csv)
+        table.add_row("outbound CSV, every account", f"{count:,}", f"{ms:.0f}")
+        period = period_ending_at_newest(connection, (end - start) / 86_400, time.time())
+        ms, _ = timed(lambda: overview(connection, period, HOLD))
+        table.add_row("dashboard overview series", f"{period.buckets} bars", f"{ms:.0f}")
+        relay, account = connection.execute(
+            "SELECT relay, account FROM scored_messages GROUP BY 1, 2 ORDER BY count(*) DESC LIMIT 1"
+        ).fetchone()
+        ms, timeline = timed(lambda: account_timeline(connection, relay, account, period))
+        table.add_row("dashboard account timeline (busiest account)", f"{timeline['messages']:,} messages", f"{ms:.0f}")
+        connection.close()
+    Console(width=120).print(table)
+    print(f"python -m bench.reports --events {args.events}")
+
+
+if __name__ == "__main__":
+    main()
