@@ -95,18 +95,10 @@ def train(
     and register the model as `challenger` (`outguard retrain` also promotes it).
     """
     if from_events:
-        cli_models.train_from_events_command(
-            console,
-            from_events,
-            label_delay,
-            engine,
-            scheduler,
-            holdout,
-            work_dir,
-            max_rounds,
-            split,
-            implicit_ham_weight,
+        options = cli_models.PipelineOptions(
+            from_events, label_delay, engine, scheduler, holdout, work_dir, max_rounds, split, implicit_ham_weight
         )
+        cli_models.run_pipeline(console, options, promote=False)
         return
     from training.dataset import build_corpus_dataset
     from training.train import TrainConfig, train_and_save

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -72,47 +73,51 @@ def parse_split(text: str) -> tuple[float, float, float]:
     return shares  # type: ignore[return-value]
 
 
-def _run(
-    console: Console,
-    events: list[Path] | None,
-    label_delay: str,
-    engine: str,
-    scheduler: str | None,
-    holdout: Path | None,
-    work_dir: Path | None,
-    max_rounds: int,
-    promote: bool,
-    split: str = "0.7,0.15,0.15",
-    implicit_ham_weight: float = 1.0,
-) -> bool:
+@dataclass(frozen=True, slots=True)
+class PipelineOptions:
+    """What `retrain` and `train --from-events` were asked for on the command line."""
+
+    events: list[Path] | None
+    label_delay: str
+    engine: str
+    scheduler: str | None
+    holdout: Path | None
+    work_dir: Path | None
+    max_rounds: int
+    split: str
+    implicit_ham_weight: float
+
+
+def run_pipeline(console: Console, options: PipelineOptions, promote: bool) -> bool:
+    """Run `training.pipeline.retrain` and print the comparison; whether the gate passed."""
     from training.events import LabelPolicy
     from training.gate import GatePolicy
     from training.pipeline import RetrainPlan, retrain
     from training.train_events import EventTrainConfig, NotEnoughLabels
 
     settings = Settings()
-    if engine not in ("local", "dask"):
-        raise typer.BadParameter(f"--engine is local or dask, not {engine!r}")
-    sources = events or [settings.sqlite_path]
+    if options.engine not in ("local", "dask"):
+        raise typer.BadParameter(f"--engine is local or dask, not {options.engine!r}")
+    sources = options.events or [settings.sqlite_path]
     for source in sources:
         if not source.is_file():
             raise typer.BadParameter(f"no event log at {source}")
     plan = RetrainPlan(
         events=sources,
-        work_dir=work_dir or settings.state_dir / "training" / time.strftime("%Y%m%d-%H%M%S"),
+        work_dir=options.work_dir or settings.state_dir / "training" / time.strftime("%Y%m%d-%H%M%S"),
         train=EventTrainConfig(
             thresholds={"hold": settings.hold_threshold, "reject": settings.reject_threshold},
-            engine=engine,  # type: ignore[arg-type]
-            scheduler=scheduler,
-            max_rounds=max_rounds,
+            engine=options.engine,  # type: ignore[arg-type]
+            scheduler=options.scheduler,
+            max_rounds=options.max_rounds,
         ),
         label_policy=LabelPolicy(
-            label_delay_s=parse_duration(label_delay),
-            split_shares=parse_split(split),
-            implicit_ham_weight=implicit_ham_weight,
+            label_delay_s=parse_duration(options.label_delay),
+            split_shares=parse_split(options.split),
+            implicit_ham_weight=options.implicit_ham_weight,
         ),
         gate=GatePolicy(metrics=tuple(settings.gate_metrics), tolerance=settings.gate_tolerance),
-        holdout=holdout,
+        holdout=options.holdout,
         promote=promote,
     )
     try:
@@ -152,19 +157,10 @@ def register(app: typer.Typer, console: Console) -> None:
         implicit_ham_weight: ImplicitHamOption = 1.0,
     ) -> None:
         """Build, train, evaluate, gate and register; promote when the gate passes (exit 1 when it refuses)."""
-        passed = _run(
-            console,
-            events,
-            label_delay,
-            engine,
-            scheduler,
-            holdout,
-            work_dir,
-            max_rounds,
-            promote=True,
-            split=split,
-            implicit_ham_weight=implicit_ham_weight,
+        options = PipelineOptions(
+            events, label_delay, engine, scheduler, holdout, work_dir, max_rounds, split, implicit_ham_weight
         )
+        passed = run_pipeline(console, options, promote=True)
         if not passed:
             raise typer.Exit(1)
 
@@ -198,31 +194,3 @@ def register(app: typer.Typer, console: Console) -> None:
         for entry in registry.versions():
             table.add_row(entry.version, entry.bundle_version, ", ".join(entry.aliases), entry.run_id or "")
         console.print(table)
-
-
-def train_from_events_command(
-    console: Console,
-    events: list[Path],
-    label_delay: str,
-    engine: str,
-    scheduler: str | None,
-    holdout: Path | None,
-    work_dir: Path | None,
-    max_rounds: int,
-    split: str,
-    implicit_ham_weight: float,
-) -> None:
-    """`outguard train --from-events`: the pipeline without promotion (the new version is challenger)."""
-    _run(
-        console,
-        events,
-        label_delay,
-        engine,
-        scheduler,
-        holdout,
-        work_dir,
-        max_rounds,
-        promote=False,
-        split=split,
-        implicit_ham_weight=implicit_ham_weight,
-    )
