@@ -131,8 +131,29 @@ async def overview_page(request: Request, container: ContainerDep, days: float =
         bar_chart("Actions", series["labels"], series["actions"]),
         bar_chart("Account locks", series["labels"], {"locks": series["locks"]}),
     ]
+    # Campaigns live in memory: those active at the newest message (a replayed log has its own clock).
+    campaigns = (
+        [
+            {
+                "id": c.cluster_id,
+                "accounts": [f"{k.relay}/{k.account}" for k in c.senders],
+                "mean_spam_probability": round(c.mean_probability, 3),
+                "messages": c.probability_count,
+            }
+            for c in container.fingerprints.campaigns.active(period.end)
+        ]
+        if container.fingerprints is not None
+        else []
+    )
     return _page(
-        "overview.html.j2", request, days=days, period=period, totals=series["totals"], charts=charts, riskiest=riskiest
+        "overview.html.j2",
+        request,
+        days=days,
+        period=period,
+        totals=series["totals"],
+        charts=charts,
+        riskiest=riskiest,
+        campaigns=campaigns,
     )
 
 

@@ -73,3 +73,13 @@ def test_with_tokens_the_dashboard_asks_for_an_admin_token_once(settings: Settin
 @pytest.mark.parametrize("path", ["/dashboard/accounts/r1/owner/delete"])
 def test_unknown_actions_are_refused(traffic: TestClient, path: str) -> None:  # noqa: F811
     assert traffic.post(path, headers=SAME_ORIGIN).status_code == 403
+
+
+def test_a_campaign_shows_on_the_overview(client: TestClient) -> None:
+    from tests.fingerprints.test_signatures_api import copy_of_offer, score
+
+    for n in range(7):
+        stamp = f"2026-09-21T12:{n:02d}:00Z"
+        score(client, f"<c{n}@example.net>", copy_of_offer(n), account=f"user{n}@example.net", timestamp=stamp)
+    campaigns = client.get("/dashboard").text.split('<table id="campaigns">')[1].split("</table>")[0]
+    assert "default/user0@example.net" in campaigns and "default/user6@example.net" in campaigns
