@@ -249,6 +249,7 @@ def report(
     out: Annotated[Path | None, typer.Option(help="Folder for the files (default: STATE_DIR/reports)")] = None,
 ) -> None:
     """A digest of suspicious and locked accounts: mailed over SMTP, or written as text and HTML."""
+    import re
     import sqlite3
     import time
 
@@ -266,9 +267,12 @@ def report(
     settings = Settings()
     try:
         end = parse_time(until, "until", time.time())
-        start = end - cli_models.parse_duration(since) if since[-1:].isalpha() else parse_time(since, "since", 0.0)
+        relative = re.fullmatch(r"\d+(\.\d+)?[smhd]", since.strip().lower()) is not None
+        start = end - cli_models.parse_duration(since) if relative else parse_time(since, "since", 0.0)
     except InvalidInput as error:
         raise typer.BadParameter(error.detail) from None
+    if start >= end:
+        raise typer.BadParameter(f"--since ({since}) must be before --until")
     if not settings.sqlite_path.is_file():
         raise typer.BadParameter(f"no event log at {settings.sqlite_path}")
     connection = sqlite3.connect(f"file:{settings.sqlite_path}?mode=ro", uri=True)

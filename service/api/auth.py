@@ -8,11 +8,10 @@ is off (and the CLI binds loopback only).
 
 from __future__ import annotations
 
-import contextlib
 import hmac
-from http.cookies import CookieError, SimpleCookie
 from urllib.parse import quote
 
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import Forbidden, OutguardError, Unauthenticated, send_error
@@ -77,13 +76,14 @@ class TokenAuthMiddleware:
         self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.auth.enabled and _dashboard_page(scope["path"]):
+        path = _route_path(scope) if scope["type"] == "http" else ""
+        if scope["type"] == "http" and self.auth.enabled and _dashboard_page(path):
             if not self._dashboard_admin(scope):
                 await _redirect_to_login(scope, send)
                 return
             await self.app(scope, receive, send)
             return
-        needed = required_scope(scope["path"]) if scope["type"] == "http" and self.auth.enabled else None
+        needed = required_scope(path) if scope["type"] == "http" and self.auth.enabled else None
         if needed is not None:
             header = dict(scope["headers"]).get(b"authorization")
             try:
@@ -94,15 +94,19 @@ class TokenAuthMiddleware:
         await self.app(scope, receive, send)
 
     def _dashboard_admin(self, scope: Scope) -> bool:
+        """An admin token from the dashboard's cookie or, failing that, the Authorization header."""
         headers = dict(scope["headers"])
-        cookies: SimpleCookie = SimpleCookie()
-        with contextlib.suppress(CookieError):  # a garbled Cookie header is no session, not an error
-            cookies.load(headers.get(b"cookie", b"").decode("latin-1"))
-        token = cookies[SESSION_COOKIE].value if SESSION_COOKIE in cookies else None
-        if token is None and (authorization := headers.get(b"authorization")):
-            scheme, _, token = authorization.decode("latin-1").partition(" ")
-            token = token if scheme.lower() == "bearer" else None
-        return bool(token) and self.auth.is_admin(token)
+        cookie = cookie_parser(headers.get(b"cookie", b"").decode("latin-1")).get(SESSION_COOKIE)
+        if cookie and self.auth.is_admin(cookie):
+            return True
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        return scheme.lower() == "bearer" and bool(token) and self.auth.is_admin(token)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: without the root path a proxy mounts the service under."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _dashboard_page(path: str) -> bool:

@@ -16,7 +16,7 @@ from service.errors import InvalidInput
 from service.identity import HeaderRule, InvalidRule, resolve_identity
 
 rules_router = APIRouter(prefix="/v1/identity-rules", tags=["identity"], responses=ERRORS)
-RelayPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
+RelayPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
 MAX_RULES = 50
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -30,13 +31,24 @@ def parse_time(value: str | None, name: str, default: float) -> float:
     if value is None:
         return default
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise InvalidInput(f"`{name}` is {value!r}: give unix seconds or an RFC 3339 time") from None
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidInput(f"`{name}` is {value!r}: give unix seconds or an RFC 3339 time") from None
+        seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()  # no offset: UTC
+    if not math.isfinite(seconds):
+        raise InvalidInput(f"`{name}` is {value!r}: not a time")
+    return seconds
+
+
+# A cell a spreadsheet would run as a formula: account names come from senders (CWE-1236).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: object) -> object:
+    return f"'{value}" if isinstance(value, str) and value.startswith(_FORMULA_START) else value
 
 
 def _query(
@@ -76,7 +88,7 @@ async def _csv_pages(path: str, query: OutboundQuery) -> AsyncIterator[bytes]:
         while (rows := await asyncio.to_thread(next, pages, None)) is not None:
             buffer.seek(0)
             buffer.truncate()
-            writer.writerows(rows)
+            writer.writerows([_csv_cell(v) for v in row] for row in rows)
             yield buffer.getvalue().encode()
     finally:
         await asyncio.to_thread(connection.close)

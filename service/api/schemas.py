@@ -24,7 +24,7 @@ def _no_lone_surrogates(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
 ShortText = Annotated[Text, StringConstraints(max_length=998)]
-Relay = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
+Relay = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
 
 
 def _valid_base64(value: str) -> str:

@@ -11,6 +11,7 @@ anything are also refused unless they come from the dashboard's own origin.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,11 @@ dashboard_router = APIRouter(prefix="/dashboard", include_in_schema=False)
 _environment = Environment(
     loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True
 )
+
+
+def _days(value: float) -> float:
+    """A period from an hour to 90 days; anything else (nan, inf, negative) falls back to a week."""
+    return min(max(value, 1 / 24), 90.0) if math.isfinite(value) else 7.0
 
 
 def account_url(relay: str, account: str) -> str:
@@ -110,7 +116,7 @@ async def logout(request: Request) -> Response:
 
 @dashboard_router.get("")
 async def overview_page(request: Request, container: ContainerDep, days: float = 7.0) -> HTMLResponse:
-    days = min(max(days, 1 / 24), 90.0)
+    days = _days(days)
     hold = container.settings.hold_threshold
     await container.events.flush()
 
@@ -172,7 +178,7 @@ async def account_page(
     where = "WHERE relay = ? AND account = ?"
 
     def read(connection: Any) -> tuple[Any, dict[str, Any]]:
-        period = period_ending_at_newest(connection, min(max(days, 1 / 24), 90.0), time.time(), where, (relay, account))
+        period = period_ending_at_newest(connection, _days(days), time.time(), where, (relay, account))
         return period, account_timeline(connection, relay, account, period)
 
     period, timeline = await container.database.read(read)

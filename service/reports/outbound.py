@@ -60,16 +60,27 @@ class OutboundQuery:
 
 def _sql(query: OutboundQuery) -> tuple[str, dict[str, object]]:
     keys = _KEYS[query.group_by]
-    # Feedback and locks carry no identity source: they join on relay and account.
-    side_keys = tuple(k for k in keys if k[0] != "identity_source")
     key_select = ", ".join(f"{expr} AS {name}" for name, expr in keys)
     key_names = ", ".join(name for name, _ in keys)
-    side_select = ", ".join(f"{expr} AS {name}" for name, expr in side_keys)
-    side_names = ", ".join(name for name, _ in side_keys)
-    join_on = " AND ".join(f"f.{name} IS m.{name}" for name, _ in side_keys)
-    lock_on = " AND ".join(f"l.{name} IS m.{name}" for name, _ in side_keys)
+    join_on = " AND ".join(f"f.{name} IS m.{name}" for name, _ in keys)
+    # Locks belong to the account, not to one way of finding it: with group_by=identity an
+    # account found two ways shows its locks on both rows.
+    lock_keys = tuple(k for k in keys if k[0] != "identity_source")
+    lock_select = ", ".join(f"{expr} AS {name}" for name, expr in lock_keys)
+    lock_names = ", ".join(name for name, _ in lock_keys)
+    lock_on = " AND ".join(f"l.{name} IS m.{name}" for name, _ in lock_keys)
     filters = "ts >= :since AND ts < :until" + (" AND relay = :relay" if query.relay else "")
-    message_filters = filters + (" AND identity_source = :identity_source" if query.identity_source else "")
+    by_identity = query.group_by is GroupBy.IDENTITY or query.identity_source is not None
+    identity_filter = " AND identity_source = :identity_source" if query.identity_source else ""
+    message_filters = filters + identity_filter
+    # Feedback is attributed through the message it is about, so it lands on that message's identity.
+    feedback_rows = (
+        "(SELECT f.ts, f.relay, f.account, f.type, (SELECT s.identity_source FROM scored_messages s "
+        "WHERE s.message_id = f.message_id AND s.relay = f.relay LIMIT 1) AS identity_source "
+        f"FROM feedback_events f WHERE f.matched = 1 AND f.{filters.replace(' AND ', ' AND f.')})"
+        if by_identity
+        else f"(SELECT * FROM feedback_events WHERE matched = 1 AND {filters})"
+    )
     descending = query.sort.startswith("-")
     column = query.sort.lstrip("-")
     sql = f"""
@@ -81,12 +92,12 @@ WITH m AS (
         max(spam_probability) AS max_spam_probability
     FROM scored_messages WHERE {message_filters} GROUP BY {key_names}
 ), f AS (
-    SELECT {side_select}, sum(type = 'bounce') AS bounces, sum(type = 'complaint') AS complaints,
+    SELECT {key_select}, sum(type = 'bounce') AS bounces, sum(type = 'complaint') AS complaints,
         sum(type = 'reply') AS replies
-    FROM feedback_events WHERE matched = 1 AND {filters} GROUP BY {side_names}
+    FROM {feedback_rows} WHERE 1 {identity_filter} GROUP BY {key_names}
 ), l AS (
-    SELECT {side_select}, count(*) AS locks
-    FROM audit_log WHERE action IN ('locked', 'locked_temporary') AND {filters} GROUP BY {side_names}
+    SELECT {lock_select}, count(*) AS locks
+    FROM audit_log WHERE action IN ('locked', 'locked_temporary') AND {filters} GROUP BY {lock_names}
 )
 SELECT {", ".join(f"m.{name} AS {name}" for name, _ in keys)}, m.messages AS messages,
     coalesce(m.recipients, 0) AS recipients, coalesce(m.spam_messages, 0) AS spam_messages,
@@ -104,9 +115,9 @@ ORDER BY {column} {"DESC" if descending else "ASC"} NULLS LAST, {", ".join(f"m.{
         "relay": query.relay,
         "identity_source": query.identity_source,
     }
-    if query.limit is not None:
-        sql += " LIMIT :limit OFFSET :offset"
-        params.update(limit=query.limit, offset=query.offset)
+    if query.limit is not None or query.offset:
+        sql += " LIMIT :limit OFFSET :offset"  # SQLite: LIMIT -1 is no limit
+        params.update(limit=query.limit if query.limit is not None else -1, offset=query.offset)
     return sql, params
 
 

@@ -38,6 +38,12 @@ def test_an_account_page_shows_its_timeline_and_the_lock_button_locks(traffic: T
     assert traffic.get("/v1/accounts/r1/owner").json()["status"] == "active"
 
 
+def test_odd_periods_fall_back_to_a_week(traffic: TestClient) -> None:  # noqa: F811
+    for days in ("nan", "inf", "-3"):
+        assert traffic.get("/dashboard", params={"days": days}).status_code == 200
+        assert traffic.get("/dashboard/accounts/r1/owner", params={"days": days}).status_code == 200
+
+
 def test_a_change_from_another_site_is_refused(traffic: TestClient) -> None:  # noqa: F811
     cross = traffic.post(
         "/dashboard/accounts/r1/owner/lock", headers={"origin": "https://evil.example", "sec-fetch-site": "cross-site"}
@@ -83,3 +89,18 @@ def test_a_campaign_shows_on_the_overview(client: TestClient) -> None:
         score(client, f"<c{n}@example.net>", copy_of_offer(n), account=f"user{n}@example.net", timestamp=stamp)
     campaigns = client.get("/dashboard").text.split('<table id="campaigns">')[1].split("</table>")[0]
     assert "default/user0@example.net" in campaigns and "default/user6@example.net" in campaigns
+
+
+def test_a_garbled_neighbour_cookie_does_not_lose_the_session(settings: Settings) -> None:
+    guarded = settings.model_copy(update={"tokens": {"ops-token": ["admin"]}})
+    with TestClient(create_app(guarded)) as client:
+        cookie = 'a={"x":1}; outguard_session=ops-token'
+        page = client.get("/dashboard", headers={"cookie": cookie}, follow_redirects=False)
+        assert page.status_code == 200
+
+
+def test_a_proxy_prefix_does_not_open_a_way_around_auth(settings: Settings) -> None:
+    guarded = settings.model_copy(update={"tokens": {"ops-token": ["admin"]}})
+    with TestClient(create_app(guarded), root_path="/outguard") as client:
+        assert client.get("/outguard/v1/accounts/default/a").status_code == 401
+        assert client.get("/outguard/dashboard", follow_redirects=False).status_code == 303

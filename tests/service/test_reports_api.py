@@ -105,6 +105,7 @@ def test_csv_has_a_header_and_every_row(traffic: TestClient) -> None:
         ({"group_by": "relay", "sort": "account"}, "grouped by relay has no 'account' column"),
         ({"since": "yesterday"}, "`since` is 'yesterday'"),
         ({"since": NOW, "until": NOW - 1}, "must be before `until`"),
+        ({"since": "nan"}, "not a time"),
         ({"group_by": "week"}, "group_by"),
         ({"limit": 0}, "limit"),
     ],
@@ -113,3 +114,27 @@ def test_bad_parameters_say_what_is_wrong(client: TestClient, params: dict, says
     answer = client.get("/v1/reports/outbound", params=params)
     assert answer.status_code == 422
     assert says in answer.text
+
+
+def test_feedback_lands_on_the_identity_of_the_message_it_is_about(client: TestClient) -> None:
+    raw = make_raw()
+    for n, who in enumerate(({"sasl_username": "dual"}, {"account": "dual"})):
+        body = {"message_id": f"<d{n}@x>", "recipients": ["a@example.org"], "raw": raw, **who}
+        assert client.post("/v1/score", json={**body, "timestamp": stamp(NOW - 600 + n)}).status_code == 200
+    complaint = {"event_id": "dc", "type": "complaint", "message_id": "<d0@x>", "recipient": "a@example.org"}
+    assert client.post("/v1/feedback", json={**complaint, "timestamp": stamp(NOW - 60)}).status_code in (200, 201)
+    asyncio.run(client.app.state.container.events.flush())
+    rows = report(client, group_by="identity")["rows"]
+    complaints = {r["identity_source"]: r["complaints"] for r in rows if r["account"] == "dual"}
+    assert complaints == {"sasl": 1, "account": 0}
+
+
+def test_a_sender_chosen_name_cannot_become_a_spreadsheet_formula(client: TestClient) -> None:
+    body = {"message_id": "<f@x>", "account": '=HYPERLINK("http://evil.example")', "raw": make_raw()}
+    assert client.post("/v1/score", json={**body, "timestamp": stamp(NOW - 60)}).status_code == 200
+    asyncio.run(client.app.state.container.events.flush())
+    text = client.get(
+        "/v1/reports/outbound", params={"since": NOW - 7_200, "until": time.time() + 60, "format": "csv"}
+    ).text
+    [row] = list(csv.DictReader(io.StringIO(text)))
+    assert row["account"] == '\'=HYPERLINK("http://evil.example")'
