@@ -78,9 +78,15 @@ class FeedbackIngestor:
         refs = await self._attribute(events)
         new = await self.feedback.add(events)
         results = []
-        for event, is_new, ref in zip(events, new, refs, strict=True):
-            if is_new and event.type is FeedbackType.COMPLAINT and ref is not None:
-                await self._learn_from_complaint(event, ref)
+        learnt = [
+            learnt
+            for event, is_new, ref in zip(events, new, refs, strict=True)
+            if is_new and event.type is FeedbackType.COMPLAINT and ref is not None
+            if (learnt := self._signature_from_complaint(event, ref)) is not None
+        ]
+        if learnt and self.fingerprints is not None:
+            await self.fingerprints.add_many(learnt)
+        for event, is_new in zip(events, new, strict=True):
             if is_new and event.account is not None and event.relay is not None:
                 key = AccountKey(event.relay, event.account)
                 counts = engagement_counts(event)
@@ -116,19 +122,15 @@ class FeedbackIngestor:
         [ref] = await self._lookup([(message_id, queue_id, relay)])
         return ref
 
-    async def _learn_from_complaint(self, event: FeedbackEvent, ref: MessageRef) -> None:
+    def _signature_from_complaint(
+        self, event: FeedbackEvent, ref: MessageRef
+    ) -> tuple[Fingerprint, str, str, float, str | None] | None:
         """A complaint about spam-like content makes it a signature (one about a newsletter does not)."""
         if self.fingerprints is None or ref.fingerprint is None or ref.spam_probability is None:
-            return
+            return None
         if ref.spam_probability < self.fingerprints.policy.complaint_min_probability:
-            return
-        await self.fingerprints.add(
-            Fingerprint.from_bytes(ref.fingerprint),
-            source="complaint",
-            actor="feedback",
-            at=event.timestamp,
-            message_id=ref.message_id,
-        )
+            return None
+        return Fingerprint.from_bytes(ref.fingerprint), "complaint", "feedback", event.timestamp, ref.message_id
 
     async def _attribute(self, events: list[FeedbackEvent]) -> list[MessageRef | None]:
         refs = await self._lookup([(e.message_id, e.queue_id, e.relay) for e in events])

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from features.fingerprint import NO_FINGERPRINT_FEATURES, Fingerprint, Fingerprinter, fingerprint_features
 from service.fingerprints.campaigns import CampaignPolicy, CampaignTracker, CampaignView
 from service.fingerprints.index import Probe
-from service.fingerprints.signatures import SignatureDb, SignatureMatch
+from service.fingerprints.signatures import SAME_CONTENT, SignatureDb, SignatureMatch
 from service.stores import AccountKey
 from service.stores.sqlite_signatures import SqliteSignatureStore
 
@@ -117,6 +117,27 @@ class FingerprintService:
         )
         self.signatures.load(stored)
         return stored.signature_id, True
+
+    async def add_many(self, items: list[tuple[Fingerprint, str, str, float, str | None]]) -> None:
+        """Several adds (fingerprint, source, actor, at, message_id) with one durable write for all of them.
+
+        Content already held, or already earlier in the batch, refreshes instead of adding.
+        """
+        new: list[tuple[Fingerprint, str, str, float, float, str | None]] = []
+        refreshed: dict[int, float] = {}
+        for fingerprint, source, actor, at, message_id in items:
+            expires_at = at + self.policy.signature_ttl_seconds
+            existing = self.signatures.same_content(fingerprint)
+            if existing is not None:
+                refreshed[existing] = max(refreshed.get(existing, 0.0), expires_at)
+            elif not any(fingerprint.similarity(queued[0]) >= SAME_CONTENT for queued in new):
+                new.append((fingerprint, source, actor, at, expires_at, message_id))
+        if not new and not refreshed:
+            return
+        for stored in await self.store.add_many(new, refreshed):
+            self.signatures.load(stored)
+        for signature_id, expires_at in refreshed.items():
+            self.signatures.refresh(signature_id, expires_at)
 
     async def remove_matching(self, fingerprint: Fingerprint, actor: str, at: float) -> list[int]:
         ids = self.signatures.matching_ids(fingerprint)

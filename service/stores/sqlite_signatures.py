@@ -39,6 +39,33 @@ class SqliteSignatureStore:
         signature_id = await self.database.writer.submit(insert)
         return StoredSignature(signature_id, fingerprint, source, added_at, expires_at)
 
+    async def add_many(
+        self, new: list[tuple[Fingerprint, str, str, float, float, str | None]], refreshed: dict[int, float]
+    ) -> list[StoredSignature]:
+        """New signatures (fingerprint, source, actor, added_at, expires_at, message_id) and refreshed
+        expiries, in one transaction: a batch of complaints costs one commit, not one each."""
+
+        def write(connection: sqlite3.Connection) -> list[int]:
+            connection.executemany(
+                "UPDATE signatures SET expires_at = max(expires_at, ?) WHERE id = ?",
+                [(expires, signature_id) for signature_id, expires in refreshed.items()],
+            )
+            ids = []
+            for fingerprint, source, actor, added_at, expires_at, message_id in new:
+                cursor = connection.execute(
+                    "INSERT INTO signatures (fingerprint, source, message_id, actor, added_at, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (fingerprint.to_bytes(), source, message_id, actor, added_at, expires_at),
+                )
+                ids.append(int(cursor.lastrowid or 0))
+            return ids
+
+        ids = await self.database.writer.submit(write)
+        return [
+            StoredSignature(i, fingerprint, source, added_at, expires_at)
+            for i, (fingerprint, source, _, added_at, expires_at, _) in zip(ids, new, strict=True)
+        ]
+
     async def refresh(self, signature_id: int, expires_at: float) -> None:
         await self.database.writer.submit(
             lambda c: c.execute(

@@ -106,6 +106,19 @@ def test_a_complaint_about_spam_like_content_makes_a_signature(client: TestClien
     assert client.get("/v1/signatures").json()["signatures"] == 1  # the newsletter-like one did not
 
 
+def test_a_batch_of_complaints_about_one_run_makes_one_signature(client: TestClient, settings: Settings) -> None:
+    for n in range(4):
+        score(client, f"<run{n}@example.net>", copy_of_offer(1), account=f"user{n}")  # one run, one text
+    events = [
+        {"event_id": f"b{n}", "type": "complaint", "message_id": f"<run{n}@example.net>", "recipient": "b@example.org"}
+        for n in range(4)
+    ]
+    assert client.post("/v1/feedback/batch", json={"events": events}).status_code == 200
+    assert client.get("/v1/signatures").json()["signatures"] == 1
+    with sqlite3.connect(settings.sqlite_path) as db:  # durable, once
+        assert db.execute("SELECT count(*), min(source) FROM signatures").fetchone() == (1, "complaint")
+
+
 def test_verdicts_add_and_take_down_signatures(client: TestClient) -> None:
     score(client, "<v1@example.net>", copy_of_offer(1))
     spam = client.post(
