@@ -13,7 +13,7 @@ from service.decision import DecisionPolicy
 from service.feedback.ingest import FeedbackIngestor
 from service.fingerprints.service import FingerprintService
 from service.metrics import Metrics
-from service.model_runtime import ModelHolder, ModelManager
+from service.model_runtime import ModelHolder, ModelManager, publish
 from service.scoring import Scorer
 from service.settings import Settings
 from service.stores import AccountStateStore, BehaviourStore, EngagementStore
@@ -87,9 +87,8 @@ def recipient_hash_key(settings: Settings) -> bytes:
 def build_container(settings: Settings) -> Container:
     metrics = Metrics()
     models = ModelManager(settings, metrics)
-    primary = models.load_primary()
-    bundle = primary.bundle
-    metrics.model_info.labels(bundle.version, bundle.feature_spec_version).set(1)
+    model = ModelHolder(models.load_primary(), models.load_shadow_or_none())
+    publish(metrics, model.current)
     database = SqliteDatabase(
         settings.sqlite_path, settings.event_queue_max, on_write_failure=metrics.events_write_failed.inc
     )
@@ -105,9 +104,6 @@ def build_container(settings: Settings) -> Container:
     rules = SqliteIdentityRules(database)
     webhooks = WebhookStore(database)
     notifier = WebhookNotifier(webhooks, settings)
-    model = ModelHolder(bundle, primary.source, primary.registry_version, primary.directory)
-    if (shadow := models.load_shadow_or_none()) is not None:
-        model.shadow, model.shadow_source = shadow.bundle, shadow.source
     fingerprints = (
         FingerprintService(settings.fingerprint_policy, SqliteSignatureStore(database))
         if settings.fingerprints

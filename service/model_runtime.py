@@ -46,31 +46,35 @@ class LoadedBundle:
 
 
 class ModelHolder:
-    """The bundles in use. Swapping `current` is atomic; a request keeps the bundle it started with."""
+    """The bundles in use. Swapping `primary` is one assignment; a request keeps the bundle it started with."""
 
-    def __init__(
-        self,
-        bundle: ModelBundle,
-        source: str = "",
-        registry_version: str | None = None,
-        directory: Path | None = None,
-    ) -> None:
-        self.current = bundle
-        self.source = source
-        self.directory = directory
-        self.registry_version = registry_version
-        self.shadow: ModelBundle | None = None
-        self.shadow_source: str | None = None
+    def __init__(self, primary: LoadedBundle, shadow: LoadedBundle | None = None) -> None:
+        self.primary = primary
+        self.shadow_loaded = shadow
+
+    @property
+    def current(self) -> ModelBundle:
+        return self.primary.bundle
+
+    @property
+    def shadow(self) -> ModelBundle | None:
+        return self.shadow_loaded.bundle if self.shadow_loaded else None
 
     def describe(self) -> dict[str, object]:
         return {
             "model_version": self.current.version,
             "feature_spec_version": self.current.feature_spec_version,
-            "source": self.source,
-            "registry_version": self.registry_version,
+            "source": self.primary.source,
+            "registry_version": self.primary.registry_version,
             "shadow_version": self.shadow.version if self.shadow else None,
-            "shadow_source": self.shadow_source,
+            "shadow_source": self.shadow_loaded.source if self.shadow_loaded else None,
         }
+
+
+def publish(metrics: Metrics, bundle: ModelBundle) -> None:
+    """`outguard_model_info` names the bundle serving now, and only it."""
+    metrics.model_info.clear()
+    metrics.model_info.labels(bundle.version, bundle.feature_spec_version).set(1)
 
 
 class ModelManager:
@@ -110,6 +114,8 @@ class ModelManager:
 
     def load_shadow_or_none(self) -> LoadedBundle | None:
         """The shadow, or None with a warning: a shadow that cannot be loaded must never stop the acting model."""
+        if not self.settings.shadow_model:
+            return None
         from mlflow.exceptions import MlflowException  # imported late: MLflow is slow to import
 
         try:
@@ -148,18 +154,10 @@ class ModelManager:
                 primary = await asyncio.to_thread(self.load_primary)
             except (BundleError, RegistryError, OSError, MlflowException) as error:
                 raise ModelNotLoaded(f"{error}; still serving {previous}") from error
-            holder.current, holder.source, holder.registry_version, holder.directory = (
-                primary.bundle,
-                primary.source,
-                primary.registry_version,
-                primary.directory,
-            )
+            holder.primary = primary
             if self.metrics is not None:
-                self.metrics.model_info.clear()
-                self.metrics.model_info.labels(primary.bundle.version, primary.bundle.feature_spec_version).set(1)
-            shadow = await asyncio.to_thread(self.load_shadow_or_none)
-            holder.shadow = shadow.bundle if shadow else None
-            holder.shadow_source = shadow.source if shadow else None
+                publish(self.metrics, primary.bundle)
+            holder.shadow_loaded = await asyncio.to_thread(self.load_shadow_or_none)
             if primary.bundle.version != previous:
                 log.info("model reloaded: %s -> %s (%s)", previous, primary.bundle.version, primary.source)
             return {**holder.describe(), "previous_version": previous, "changed": primary.bundle.version != previous}
@@ -170,7 +168,7 @@ class ModelManager:
             await asyncio.sleep(interval_s)
             try:
                 version = await asyncio.to_thread(self.champion_version)
-                if version is not None and version != holder.registry_version:
+                if version is not None and version != holder.primary.registry_version:
                     await self.reload(holder)
             except Exception:  # the registry may be down for a while: keep serving, try again
                 log.exception("model registry poll failed")

@@ -233,7 +233,7 @@ async def account_action(
 
 @dashboard_router.get("/model")
 async def model_page(request: Request, container: ContainerDep) -> HTMLResponse:
-    card_path = container.model.directory / "MODEL_CARD.md" if container.model.directory else None
-    text = await asyncio.to_thread(card_path.read_text) if card_path and card_path.is_file() else None
+    card_path = container.model.primary.directory / "MODEL_CARD.md"
+    text = await asyncio.to_thread(card_path.read_text) if card_path.is_file() else None
     card = _markdown.render(text) if text else None
     return _page("model.html.j2", request, described=container.model.describe(), card=Markup(card) if card else None)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from features.engagement import engagement_features
 from features.fingerprint import Fingerprint
 from service.fingerprints.service import FingerprintService
+from service.fingerprints.signatures import SignatureAdd
 from service.metrics import Metrics
 from service.notify import Cooldown, Notifier
 from service.stores import AccountKey, EngagementStore, FeedbackEvent, FeedbackLog, FeedbackType, MessageRef
@@ -78,14 +79,14 @@ class FeedbackIngestor:
         refs = await self._attribute(events)
         new = await self.feedback.add(events)
         results = []
-        learnt = [
-            learnt
+        signatures = [
+            signature
             for event, is_new, ref in zip(events, new, refs, strict=True)
             if is_new and event.type is FeedbackType.COMPLAINT and ref is not None
-            if (learnt := self._signature_from_complaint(event, ref)) is not None
+            if (signature := self._signature_from_complaint(event, ref)) is not None
         ]
-        if learnt and self.fingerprints is not None:
-            await self.fingerprints.add_many(learnt)
+        if signatures and self.fingerprints is not None:
+            await self.fingerprints.add_many(signatures)
         for event, is_new in zip(events, new, strict=True):
             if is_new and event.account is not None and event.relay is not None:
                 key = AccountKey(event.relay, event.account)
@@ -122,15 +123,15 @@ class FeedbackIngestor:
         [ref] = await self._lookup([(message_id, queue_id, relay)])
         return ref
 
-    def _signature_from_complaint(
-        self, event: FeedbackEvent, ref: MessageRef
-    ) -> tuple[Fingerprint, str, str, float, str | None] | None:
+    def _signature_from_complaint(self, event: FeedbackEvent, ref: MessageRef) -> SignatureAdd | None:
         """A complaint about spam-like content makes it a signature (one about a newsletter does not)."""
         if self.fingerprints is None or ref.fingerprint is None or ref.spam_probability is None:
             return None
         if ref.spam_probability < self.fingerprints.policy.complaint_min_probability:
             return None
-        return Fingerprint.from_bytes(ref.fingerprint), "complaint", "feedback", event.timestamp, ref.message_id
+        return SignatureAdd(
+            Fingerprint.from_bytes(ref.fingerprint), "complaint", "feedback", event.timestamp, ref.message_id
+        )
 
     async def _attribute(self, events: list[FeedbackEvent]) -> list[MessageRef | None]:
         refs = await self._lookup([(e.message_id, e.queue_id, e.relay) for e in events])

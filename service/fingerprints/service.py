@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from features.fingerprint import NO_FINGERPRINT_FEATURES, Fingerprint, Fingerprinter, fingerprint_features
 from service.fingerprints.campaigns import CampaignPolicy, CampaignTracker, CampaignView
 from service.fingerprints.index import Probe
-from service.fingerprints.signatures import SAME_CONTENT, SignatureDb, SignatureMatch
+from service.fingerprints.signatures import SAME_CONTENT, SignatureAdd, SignatureDb, SignatureMatch
 from service.stores import AccountKey
 from service.stores.sqlite_signatures import SqliteSignatureStore
 
@@ -100,44 +100,51 @@ class FingerprintService:
         note: str | None = None,
     ) -> tuple[int, bool]:
         """(signature id, whether it is new). Content already present refreshes the entry instead."""
-        expires_at = at + self.policy.signature_ttl_seconds
-        existing = self.signatures.same_content(fingerprint)
-        if existing is not None:
-            await self.store.refresh(existing, expires_at)
-            self.signatures.refresh(existing, expires_at)
-            return existing, False
-        stored = await self.store.add(
-            fingerprint,
-            source=source,
-            actor=actor,
-            added_at=at,
-            expires_at=expires_at,
-            message_id=message_id,
-            note=note,
-        )
-        self.signatures.load(stored)
-        return stored.signature_id, True
+        [result] = await self.add_many([SignatureAdd(fingerprint, source, actor, at, message_id, note)])
+        return result
 
-    async def add_many(self, items: list[tuple[Fingerprint, str, str, float, str | None]]) -> None:
-        """Several adds (fingerprint, source, actor, at, message_id) with one durable write for all of them.
+    async def add_many(self, items: list[SignatureAdd]) -> list[tuple[int, bool]]:
+        """(signature id, whether it is new) per item, with one durable write for all of them.
 
         Content already held, or already earlier in the batch, refreshes instead of adding.
         """
-        new: list[tuple[Fingerprint, str, str, float, float, str | None]] = []
+        new: list[tuple[SignatureAdd, float]] = []
         refreshed: dict[int, float] = {}
-        for fingerprint, source, actor, at, message_id in items:
-            expires_at = at + self.policy.signature_ttl_seconds
-            existing = self.signatures.same_content(fingerprint)
+        # Per item: ("held", signature id) or ("new", its place in `new`).
+        places: list[tuple[str, int]] = []
+        for item in items:
+            expires_at = item.at + self.policy.signature_ttl_seconds
+            existing = self.signatures.same_content(item.fingerprint)
             if existing is not None:
                 refreshed[existing] = max(refreshed.get(existing, 0.0), expires_at)
-            elif not any(fingerprint.similarity(queued[0]) >= SAME_CONTENT for queued in new):
-                new.append((fingerprint, source, actor, at, expires_at, message_id))
-        if not new and not refreshed:
-            return
-        for stored in await self.store.add_many(new, refreshed):
-            self.signatures.load(stored)
+                places.append(("held", existing))
+                continue
+            twin = next(
+                (
+                    n
+                    for n, (queued, _) in enumerate(new)
+                    if item.fingerprint.similarity(queued.fingerprint) >= SAME_CONTENT
+                ),
+                None,
+            )
+            if twin is None:
+                new.append((item, expires_at))
+                places.append(("new", len(new) - 1))
+            else:
+                new[twin] = (new[twin][0], max(new[twin][1], expires_at))
+                places.append(("twin", twin))
+        stored = await self.store.write(new, refreshed) if new or refreshed else []
+        for signature in stored:
+            self.signatures.load(signature)
         for signature_id, expires_at in refreshed.items():
             self.signatures.refresh(signature_id, expires_at)
+        results = []
+        for kind, place in places:
+            if kind == "held":
+                results.append((place, False))
+            else:
+                results.append((stored[place].signature_id, kind == "new"))
+        return results
 
     async def remove_matching(self, fingerprint: Fingerprint, actor: str, at: float) -> list[int]:
         ids = self.signatures.matching_ids(fingerprint)

@@ -40,6 +40,18 @@ class StoredSignature:
     expires_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class SignatureAdd:
+    """Content to add as known spam, and who says so."""
+
+    fingerprint: Fingerprint
+    source: str
+    actor: str
+    at: float
+    message_id: str | None = None
+    note: str | None = None
+
+
 class SignatureDb:
     def __init__(self, capacity: int, ttl_seconds: float, min_similarity: float) -> None:
         self.index = LshIndex(capacity)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 from features.fingerprint import Fingerprint
-from service.fingerprints.signatures import StoredSignature
+from service.fingerprints.signatures import SignatureAdd, StoredSignature
 from service.stores.sqlite import SqliteDatabase
 
 
@@ -17,61 +17,37 @@ class SqliteSignatureStore:
     def __init__(self, database: SqliteDatabase) -> None:
         self.database = database
 
-    async def add(
-        self,
-        fingerprint: Fingerprint,
-        *,
-        source: str,
-        actor: str,
-        added_at: float,
-        expires_at: float,
-        message_id: str | None = None,
-        note: str | None = None,
-    ) -> StoredSignature:
-        def insert(connection: sqlite3.Connection) -> int:
-            cursor = connection.execute(
-                "INSERT INTO signatures (fingerprint, source, message_id, actor, note, added_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (fingerprint.to_bytes(), source, message_id, actor, note, added_at, expires_at),
-            )
-            return int(cursor.lastrowid or 0)
-
-        signature_id = await self.database.writer.submit(insert)
-        return StoredSignature(signature_id, fingerprint, source, added_at, expires_at)
-
-    async def add_many(
-        self, new: list[tuple[Fingerprint, str, str, float, float, str | None]], refreshed: dict[int, float]
-    ) -> list[StoredSignature]:
-        """New signatures (fingerprint, source, actor, added_at, expires_at, message_id) and refreshed
-        expiries, in one transaction: a batch of complaints costs one commit, not one each."""
+    async def write(self, new: list[tuple[SignatureAdd, float]], refreshed: dict[int, float]) -> list[StoredSignature]:
+        """New signatures (each with its expiry) and refreshed expiries, in one transaction."""
 
         def write(connection: sqlite3.Connection) -> list[int]:
             connection.executemany(
                 "UPDATE signatures SET expires_at = max(expires_at, ?) WHERE id = ?",
-                [(expires, signature_id) for signature_id, expires in refreshed.items()],
+                [(expires_at, signature_id) for signature_id, expires_at in refreshed.items()],
             )
             ids = []
-            for fingerprint, source, actor, added_at, expires_at, message_id in new:
+            for item, expires_at in new:
                 cursor = connection.execute(
-                    "INSERT INTO signatures (fingerprint, source, message_id, actor, added_at, expires_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (fingerprint.to_bytes(), source, message_id, actor, added_at, expires_at),
+                    "INSERT INTO signatures (fingerprint, source, message_id, actor, note, added_at, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        item.fingerprint.to_bytes(),
+                        item.source,
+                        item.message_id,
+                        item.actor,
+                        item.note,
+                        item.at,
+                        expires_at,
+                    ),
                 )
                 ids.append(int(cursor.lastrowid or 0))
             return ids
 
         ids = await self.database.writer.submit(write)
         return [
-            StoredSignature(i, fingerprint, source, added_at, expires_at)
-            for i, (fingerprint, source, _, added_at, expires_at, _) in zip(ids, new, strict=True)
+            StoredSignature(signature_id, item.fingerprint, item.source, item.at, expires_at)
+            for signature_id, (item, expires_at) in zip(ids, new, strict=True)
         ]
-
-    async def refresh(self, signature_id: int, expires_at: float) -> None:
-        await self.database.writer.submit(
-            lambda c: c.execute(
-                "UPDATE signatures SET expires_at = max(expires_at, ?) WHERE id = ?", (expires_at, signature_id)
-            )
-        )
 
     async def remove(self, signature_ids: list[int], actor: str, at: float) -> None:
         if not signature_ids:
