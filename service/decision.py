@@ -87,9 +87,14 @@ def account_evidence(state: AccountState, engagement: float, policy: DecisionPol
     return max(0.0, state.evidence + max(engagement, -policy.engagement_credit))
 
 
+def account_risk(evidence: float, lock_threshold: float) -> float:
+    """Evidence as a share of what locks, capped at 1."""
+    return min(1.0, evidence / lock_threshold)
+
+
 def decide(probability: float, state: AccountState, policy: DecisionPolicy, engagement: float = 0.0) -> Decision:
     evidence = account_evidence(state, engagement, policy)
-    risk = min(1.0, evidence / policy.lock_threshold)
+    risk = account_risk(evidence, policy.lock_threshold)
     lock_recommended = evidence >= policy.lock_threshold
     # Graduated: one extreme message from an account with no other evidence is held for a
     # person to look at; only an account already recommended for locking gets bounces.

@@ -23,6 +23,7 @@ from features.spec import FEATURE_INDEX
 from service.api.common import ContainerDep, json_response
 from service.api.routes import ERRORS
 from service.container import Container
+from service.decision import account_risk
 from service.lifecycle import Transition, admin_allowlist, admin_lock, admin_reset, admin_unlock
 from service.reports.incident import IncidentSources, build_incident, render
 from service.stores import AccountKey, AccountState
@@ -102,7 +103,7 @@ async def account_view(container: Container, key: AccountKey) -> dict[str, Any]:
     state = await container.accounts.get(key)
     engagement = await container.engagement.snapshot(key)
     policy = container.scorer.policy
-    risk = min(1.0, state.evidence / policy.lock_threshold)
+    risk = account_risk(state.evidence, policy.lock_threshold)
     history, (recent, counters) = await asyncio.gather(container.ledger.history(key), recent_scores(container, key))
     return {
         "relay": key.relay,

@@ -30,6 +30,7 @@ from service.api.common import ContainerDep
 from service.container import Container
 from service.dashboard.charts import bar_chart, line_chart, score_chart
 from service.dashboard.data import account_timeline, overview, period_ending_at_newest
+from service.decision import account_risk
 from service.errors import Forbidden
 from service.lifecycle import admin_lock, admin_unlock
 from service.reports.incident import render as render_incident
@@ -130,7 +131,7 @@ async def overview_page(request: Request, container: ContainerDep, days: float =
     for row in riskiest:
         state = await container.accounts.get(AccountKey(row["relay"], row["account"]))
         row["status"] = state.status.value
-        row["risk"] = round(min(1.0, state.evidence / container.settings.lock_threshold), 2)
+        row["risk"] = round(account_risk(state.evidence, container.settings.lock_threshold), 2)
     riskiest.sort(key=lambda r: (-r["risk"], -r["spam_messages"]))
     charts = [
         bar_chart("Messages scored", series["labels"], {"not spam": series["ham"], "spam": series["spam"]}),
@@ -201,7 +202,7 @@ async def account_page(
         request,
         key=key,
         state=state,
-        risk=round(min(1.0, state.evidence / container.settings.lock_threshold), 3),
+        risk=round(account_risk(state.evidence, container.settings.lock_threshold), 3),
         timeline=timeline,
         history=history,
         charts=charts,

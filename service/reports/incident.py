@@ -24,6 +24,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from features.engagement import engagement_features
 from features.spec import BY_NAME, FEATURE_INDEX
+from service.decision import account_risk
 from service.stores import AccountKey
 
 WINDOW_S = 86_400
@@ -158,7 +159,7 @@ async def build_incident(sources: IncidentSources, key: AccountKey) -> dict[str,
         "identified_by": identity_source,
         "generated_at": _when(time.time()),
         "status": state.status.value,
-        "account_risk": round(min(1.0, state.evidence / sources.lock_threshold), 3),
+        "account_risk": round(account_risk(state.evidence, sources.lock_threshold), 3),
         "automatic_locks": state.temporary_locks,
         "allowlisted": state.allowlisted,
         "locked_until": _when(state.locked_until),

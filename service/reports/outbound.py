@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 
@@ -127,7 +127,7 @@ def outbound_rows(connection: sqlite3.Connection, query: OutboundQuery) -> list[
 
 
 def count_groups(connection: sqlite3.Connection, query: OutboundQuery) -> int:
-    sql, params = _sql(OutboundQuery(**{**_as_dict(query), "limit": None, "offset": 0}))
+    sql, params = _sql(replace(query, limit=None, offset=0))
     return connection.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0]
 
 
@@ -137,7 +137,3 @@ def iter_outbound(connection: sqlite3.Connection, query: OutboundQuery, page: in
     cursor = connection.execute(sql, params)
     while rows := cursor.fetchmany(page):
         yield rows
-
-
-def _as_dict(query: OutboundQuery) -> dict[str, object]:
-    return {name: getattr(query, name) for name in OutboundQuery.__slots__}
