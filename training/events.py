@@ -29,9 +29,10 @@ bounded whatever the log's size.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import sqlite3
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,18 +93,6 @@ class DatasetSummary:
     skipped_other_spec: int
     unlabelled: int
     split_times: tuple[float, float]
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "path": str(self.path),
-            "as_of": self.as_of,
-            "rows": self.rows,
-            "spam": self.spam,
-            "by_source": self.by_source,
-            "skipped_other_spec": self.skipped_other_spec,
-            "unlabelled": self.unlabelled,
-            "split_times": list(self.split_times),
-        }
 
 
 def _account_periods(connection: sqlite3.Connection, policy: LabelPolicy, as_of: float) -> dict[tuple, _Periods]:
@@ -189,40 +178,43 @@ def label_for(row: sqlite3.Row, periods: _Periods | None, policy: LabelPolicy) -
     return 0, policy.implicit_ham_weight, "implicit"
 
 
+# What each row says about its message, ahead of the feature columns.
+_META = (
+    pa.field("id", pa.int64()),
+    pa.field("ts", pa.float64()),
+    pa.field("relay", pa.string()),
+    pa.field("account", pa.string()),
+    pa.field("spam_probability", pa.float32()),
+    pa.field("label", pa.int8()),
+    pa.field("weight", pa.float32()),
+    pa.field("label_source", pa.string()),
+    pa.field("split", pa.string()),
+)
+
+
 def _schema() -> pa.Schema:
-    fields = [
-        pa.field("id", pa.int64()),
-        pa.field("ts", pa.float64()),
-        pa.field("relay", pa.string()),
-        pa.field("account", pa.string()),
-        pa.field("spam_probability", pa.float32()),
-        pa.field("label", pa.int8()),
-        pa.field("weight", pa.float32()),
-        pa.field("label_source", pa.string()),
-        pa.field("split", pa.string()),
-    ]
-    return pa.schema(fields + [pa.field(name, pa.float32()) for name in FEATURE_NAMES])
+    return pa.schema([*_META, *(pa.field(name, pa.float32()) for name in FEATURE_NAMES)])
+
+
+def _read_only(database: Path) -> contextlib.closing[sqlite3.Connection]:
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    connection.row_factory = sqlite3.Row
+    return contextlib.closing(connection)
 
 
 def _newest(database: Path) -> float:
-    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    try:
+    with _read_only(database) as connection:
         return connection.execute("SELECT max(ts) FROM scored_messages").fetchone()[0] or 0.0
-    finally:
-        connection.close()
 
 
 def _split_times(databases: list[Path], cutoff: float, shares: tuple[float, float, float]) -> tuple[float, float]:
     """Times that cut every log's eligible messages, taken together, into the split shares (oldest first)."""
     times = []
     for database in databases:
-        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-        try:
+        with _read_only(database) as connection:
             found = connection.execute(
                 "SELECT ts FROM scored_messages WHERE features IS NOT NULL AND ts <= ?", (cutoff,)
             ).fetchall()
-        finally:
-            connection.close()
         times.append(np.fromiter((t for (t,) in found), dtype=np.float64, count=len(found)))
     every = np.sort(np.concatenate(times)) if times else np.zeros(0)
     if not every.size:
@@ -232,78 +224,76 @@ def _split_times(databases: list[Path], cutoff: float, shares: tuple[float, floa
     return float(first), float(second)
 
 
+@dataclass(slots=True)
+class _Tally:
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    spam: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    by_source: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    skipped: int = 0
+    unlabelled: int = 0
+
+
+def _labelled_table(
+    chunk: list[sqlite3.Row],
+    periods: dict[tuple, _Periods],
+    policy: LabelPolicy,
+    split_times: tuple[float, float],
+    tally: _Tally,
+) -> pa.Table | None:
+    """One chunk of logged messages as dataset rows: the labelled ones, with their split."""
+    meta: dict[str, list] = {column.name: [] for column in _META}
+    vectors = []
+    for row in chunk:
+        if row["feature_spec_version"] != FEATURE_SPEC_VERSION:
+            tally.skipped += 1
+            continue
+        labelled = label_for(row, periods.get((row["relay"], row["account"])), policy)
+        if labelled is None:
+            tally.unlabelled += 1
+            continue
+        label, weight, source = labelled
+        split = SPLITS[bisect.bisect_right(split_times, row["ts"])]
+        values = (row["id"], row["ts"], row["relay"], row["account"], row["spam_probability"])
+        for column, value in zip(meta, (*values, label, weight, source, split), strict=True):
+            meta[column].append(value)
+        vectors.append(orjson.loads(row["features"]))
+        tally.rows[split] += 1
+        tally.spam[split] += label
+        tally.by_source[source] += 1
+    if not vectors:
+        return None
+    matrix = np.asarray(vectors, dtype=np.float32)
+    columns: dict[str, object] = {**meta, **{name: matrix[:, i] for i, name in enumerate(FEATURE_NAMES)}}
+    return pa.Table.from_pydict(columns, schema=_schema())
+
+
 def build_event_dataset(
-    databases: list[Path],
-    out_dir: Path,
-    policy: LabelPolicy = LabelPolicy(),
-    as_of: float | None = None,
-    on_rows: Callable[[int], None] | None = None,
+    databases: list[Path], out_dir: Path, policy: LabelPolicy = LabelPolicy(), as_of: float | None = None
 ) -> DatasetSummary:
     """Stream the labelled messages of one or more event logs into `out_dir/events.parquet`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / DATASET_FILE
-    rows = dict.fromkeys(SPLITS, 0)
-    spam = dict.fromkeys(SPLITS, 0)
-    by_source: dict[str, int] = defaultdict(int)
-    skipped = unlabelled = 0
+    tally = _Tally()
     # One clock for all the logs: the newest message of any, unless given.
     as_of = as_of if as_of is not None else max((_newest(d) for d in databases), default=0.0)
     cutoff = as_of - policy.label_delay_s
     split_times = _split_times(databases, cutoff, policy.split_shares)
-    schema = _schema()
-    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+    with pq.ParquetWriter(path, _schema(), compression="zstd") as writer:
         for database in databases:
-            connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-            connection.row_factory = sqlite3.Row
-            try:
+            with _read_only(database) as connection:
                 periods = _account_periods(connection, policy, as_of)
                 cursor = connection.execute(_ROWS, {"as_of": as_of, "cutoff": cutoff})
                 for chunk in _chunks(cursor):
-                    batch: dict[str, list] = defaultdict(list)
-                    vectors = []
-                    for row in chunk:
-                        if row["feature_spec_version"] != FEATURE_SPEC_VERSION:
-                            skipped += 1
-                            continue
-                        labelled = label_for(row, periods.get((row["relay"], row["account"])), policy)
-                        if labelled is None:
-                            unlabelled += 1
-                            continue
-                        label, weight, source = labelled
-                        split = SPLITS[bisect.bisect_right(split_times, row["ts"])]
-                        for column, value in (
-                            ("id", row["id"]),
-                            ("ts", row["ts"]),
-                            ("relay", row["relay"]),
-                            ("account", row["account"]),
-                            ("spam_probability", row["spam_probability"]),
-                            ("label", label),
-                            ("weight", weight),
-                            ("label_source", source),
-                            ("split", split),
-                        ):
-                            batch[column].append(value)
-                        vectors.append(orjson.loads(row["features"]))
-                        rows[split] += 1
-                        spam[split] += label
-                        by_source[source] += 1
-                    if vectors:
-                        matrix = np.asarray(vectors, dtype=np.float32)
-                        columns = {name: batch[name] for name in schema.names[:9]}
-                        columns.update({name: matrix[:, i] for i, name in enumerate(FEATURE_NAMES)})
-                        writer.write_table(pa.Table.from_pydict(columns, schema=schema))
-                    if on_rows is not None:
-                        on_rows(len(chunk))
-            finally:
-                connection.close()
+                    if (table := _labelled_table(chunk, periods, policy, split_times, tally)) is not None:
+                        writer.write_table(table)
     return DatasetSummary(
         path=path,
         as_of=as_of,
-        rows=rows,
-        spam=spam,
-        by_source=dict(by_source),
-        skipped_other_spec=skipped,
-        unlabelled=unlabelled,
+        rows=tally.rows,
+        spam=tally.spam,
+        by_source=dict(tally.by_source),
+        skipped_other_spec=tally.skipped,
+        unlabelled=tally.unlabelled,
         split_times=split_times,
     )
 

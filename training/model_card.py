@@ -247,6 +247,6 @@ as it was logged, labelled by what followed (feedback, admin verdicts, locks).
 
 def write_model_card(bundle: ModelBundle, directory: Path) -> Path:
     path = directory / CARD_FILE
-    from_events = bundle.version.startswith("events-")
+    from_events = bundle.data.get("kind") == "events"
     path.write_text(render_event_model_card(bundle) if from_events else render_model_card(bundle))
     return path

@@ -167,7 +167,7 @@ def retrain(
         candidate.metrics["test"], candidate.metrics["champion_test"], plan.gate, candidate_locks, champion_locks
     )
     candidate.metrics["gate"] = gate.to_dict()
-    save_bundle(candidate, bundle_dir)
+    save_bundle(candidate, bundle_dir)  # again: its metrics now hold the replays and the gate's verdict
     card = write_model_card(candidate, bundle_dir)
     plot = plot_importance(candidate, plan.work_dir / IMPORTANCE_PLOT)
 

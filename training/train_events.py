@@ -129,6 +129,7 @@ def train_from_events(dataset: Path, base: ModelBundle, config: EventTrainConfig
     margins = booster.predict(validation.rows[:, columns], raw_score=True)
     calibration = fit_platt(margins, validation.labels)
     data = {
+        "kind": "events",
         "source": "the service's event log: logged feature vectors with labels from feedback, verdicts and locks",
         "dataset": str(dataset),
         "rows": {"train": len(train_labels), "calibration": len(validation.labels), "test": len(test.labels)},
