@@ -17,6 +17,7 @@ from pathlib import Path
 from features.content import content_features
 from features.message import parse_raw
 from service.fingerprints.service import FingerprintService
+from service.fingerprints.signatures import SignatureAdd
 
 
 class NotMail(ValueError):
@@ -67,19 +68,28 @@ async def import_messages(
     at: float,
     note: str | None = None,
     on_message: Callable[[ImportResult], None] | None = None,
+    batch: int = 500,
 ) -> ImportResult:
+    """Fingerprint and add every message, `batch` signatures to a commit."""
     result = ImportResult()
+    pending: list[SignatureAdd] = []
+
+    async def flush() -> None:
+        for _, created in await service.add_many(pending):
+            result.added += created
+            result.refreshed += not created
+        pending.clear()
+
     for raw in messages:
         result.read += 1
         fingerprint = service.fingerprinter.fingerprint(content_features(parse_raw(raw)).document)
         if fingerprint is None:
             result.too_short += 1
         else:
-            _, created = await service.add(fingerprint, source="corpus", actor=actor, at=at, note=note)
-            if created:
-                result.added += 1
-            else:
-                result.refreshed += 1
+            pending.append(SignatureAdd(fingerprint, "corpus", actor, at, note=note))
+            if len(pending) >= batch:
+                await flush()
         if on_message is not None:
             on_message(result)
+    await flush()
     return result
