@@ -28,7 +28,7 @@ from rich.table import Table
 
 from service.dashboard.data import account_timeline, overview, period_ending_at_newest
 from service.reports.outbound import GroupBy, OutboundQuery, iter_outbound, outbound_rows
-from service.stores.sqlite import SqliteDatabase
+from service.stores.database import Database
 
 HOLD = 0.99
 
@@ -45,7 +45,7 @@ def timed(run: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
 def insert_rate(with_ts_index: bool, rows: int = 200_000) -> float:
     """Scored events per second into a fresh log, in group commits of 500 as the writer does under load."""
     with tempfile.TemporaryDirectory() as tmp:
-        SqliteDatabase(Path(tmp) / "x.db", 10).close()
+        Database(Path(tmp) / "x.db", 10).close()
         connection = sqlite3.connect(Path(tmp) / "x.db")
         connection.execute("PRAGMA synchronous=NORMAL")
         if not with_ts_index:
@@ -73,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "events.db"
         shutil.copy(args.events, copy)
-        SqliteDatabase(copy, 10).close()  # bring an older log's schema (and indexes) up to date
+        Database(copy, 10).close()  # bring an older log's schema (and indexes) up to date
         connection = sqlite3.connect(copy)
         messages, start, end = connection.execute(
             "SELECT count(*), min(ts), max(ts) + 1 FROM scored_messages"

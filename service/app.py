@@ -25,6 +25,7 @@ from service.api.webhooks import webhooks_router
 from service.container import build_container
 from service.dashboard.routes import STATIC, dashboard_router
 from service.errors import PayloadTooLarge, install_error_handlers, send_error
+from service.maintenance import Chores
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -132,6 +133,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         container.dispatcher.start()
+        chores = Chores(container)
+        chores.start()
         poller = None
         if settings.model_source == "registry" and settings.model_poll_s > 0:
             poller = asyncio.create_task(container.models.poll(container.model, settings.model_poll_s))
@@ -143,7 +146,9 @@ def create_app(settings: Settings) -> FastAPI:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+            await chores.stop()
             await container.dispatcher.stop()
+            await container.aclose()
             container.close()
 
     app = FastAPI(

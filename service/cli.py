@@ -38,7 +38,7 @@ def serve(
     import uvicorn
 
     settings = Settings()
-    if workers > 1:
+    if workers > 1 and not settings.redis_url:
         # Windows and account evidence live in each process's memory: N workers would
         # each see a 1/N share of an account's traffic.
         console.print(
@@ -250,10 +250,10 @@ def report(
 ) -> None:
     """A digest of suspicious and locked accounts: mailed over SMTP, or written as text and HTML."""
     import re
-    import sqlite3
     import time
 
     from service.api.reports import parse_time
+    from service.container import open_database
     from service.errors import InvalidInput
     from service.reports.digest import (
         SmtpTarget,
@@ -273,13 +273,11 @@ def report(
         raise typer.BadParameter(error.detail) from None
     if start >= end:
         raise typer.BadParameter(f"--since ({since}) must be before --until")
-    if not settings.sqlite_path.is_file():
-        raise typer.BadParameter(f"no event log at {settings.sqlite_path}")
-    connection = sqlite3.connect(f"file:{settings.sqlite_path}?mode=ro", uri=True)
+    database = open_database(settings)
     try:
-        digest = build_digest(connection, start, end, settings.hold_threshold)
+        digest = database.read_now(lambda c: build_digest(c, start, end, settings.hold_threshold))
     finally:
-        connection.close()
+        database.close()
     subject, text, html = render_digest(digest)
     if to and settings.smtp_host:
         target = SmtpTarget(
@@ -298,6 +296,68 @@ def report(
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(end))
     for path in write_digest(out or settings.state_dir / "reports", subject, text, html, stamp):
         console.print(f"wrote {path}")
+
+
+db_app = typer.Typer(help="The database: schema migrations and retention.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database of OUTGUARD_DATABASE_URL to this release's schema (run before starting replicas)."""
+    from sqlalchemy import create_engine
+
+    from service.stores.database import normalise_url
+    from service.stores.schema import current_revision, head_revision, upgrade
+
+    settings = Settings()
+    engine = create_engine(normalise_url(settings.database_url))
+    try:
+        with engine.connect() as connection:
+            before = current_revision(connection)
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    console.print(f"schema {before or 'none'} -> {head_revision()}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """The schema revision of the database, and the one this release needs."""
+    from sqlalchemy import create_engine
+
+    from service.stores.database import normalise_url
+    from service.stores.schema import current_revision, head_revision
+
+    engine = create_engine(normalise_url(Settings().database_url))
+    try:
+        with engine.connect() as connection:
+            current = current_revision(connection)
+    finally:
+        engine.dispose()
+    console.print(f"database at {current or 'none'}, this release needs {head_revision()}")
+    if current != head_revision():
+        raise typer.Exit(1)
+
+
+@db_app.command("maintain")
+def db_maintain() -> None:
+    """Make the coming days' partitions and delete what is past OUTGUARD_EVENT_RETENTION_DAYS (the service does it hourly)."""
+    import asyncio
+
+    from service.container import open_database
+    from service.stores.retention import run_maintenance
+
+    settings = Settings()
+    database = open_database(settings)
+    try:
+        result = asyncio.run(run_maintenance(database, settings.event_retention_days))
+    finally:
+        database.close()
+    console.print(
+        f"{len(result.created)} partitions made, {len(result.dropped)} dropped, {result.deleted_messages:,} messages "
+        f"and {result.deleted_feedback:,} feedback events past {settings.event_retention_days:g} days deleted"
+    )
 
 
 signatures_app = typer.Typer(help="The known-spam signature database.", no_args_is_help=True)
@@ -320,18 +380,18 @@ def import_signatures(
 
     from rich.progress import Progress
 
+    from service.container import open_database
     from service.fingerprints.importer import NotMail, import_messages, messages_in
     from service.fingerprints.service import FingerprintService
-    from service.stores.sqlite import SqliteDatabase
-    from service.stores.sqlite_signatures import SqliteSignatureStore
+    from service.stores.signatures import SqlSignatureStore
 
     settings = Settings()
     if not settings.fingerprints:
         console.print("[red]Content fingerprints are switched off (OUTGUARD_FINGERPRINTS=false).[/red]")
         raise typer.Exit(2)
-    database = SqliteDatabase(settings.sqlite_path, settings.event_queue_max)
+    database = open_database(settings)
     try:
-        service = FingerprintService(settings.fingerprint_policy, SqliteSignatureStore(database))
+        service = FingerprintService(settings.fingerprint_policy, SqlSignatureStore(database))
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("importing", total=None)
             result = asyncio.run(

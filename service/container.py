@@ -16,19 +16,20 @@ from service.metrics import Metrics
 from service.model_runtime import ModelHolder, ModelManager, publish
 from service.scoring import Scorer
 from service.settings import Settings
-from service.stores import AccountStateStore, BehaviourStore, EngagementStore
+from service.stores import AccountStateStore, BehaviourStore, EngagementStore, MessageIndex
+from service.stores.database import Database
+from service.stores.degraded import SharedStateHealth
+from service.stores.events import SqlEventLog
+from service.stores.feedback import SqlFeedbackLog, SqlLabelStore
+from service.stores.ledger import SqlAccountLedger
 from service.stores.memory import (
     MemoryAccountStateStore,
     MemoryBehaviourStore,
     MemoryEngagementStore,
     MemoryMessageIndex,
 )
-from service.stores.sqlite import SqliteDatabase
-from service.stores.sqlite_accounts import SqliteAccountLedger
-from service.stores.sqlite_events import SqliteEventLog
-from service.stores.sqlite_feedback import SqliteFeedbackLog, SqliteLabelStore
-from service.stores.sqlite_rules import SqliteIdentityRules
-from service.stores.sqlite_signatures import SqliteSignatureStore
+from service.stores.rules import SqlIdentityRules
+from service.stores.signatures import SqlSignatureStore
 from service.webhooks.outbox import Dispatcher, WebhookNotifier, WebhookStore
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,12 @@ RECIPIENT_KEY_FILE = "recipient-hash.key"
 class Container:
     settings: Settings
     model: ModelHolder
-    database: SqliteDatabase
-    events: SqliteEventLog
-    feedback: SqliteFeedbackLog
-    labels: SqliteLabelStore
-    rules: SqliteIdentityRules
-    ledger: SqliteAccountLedger
+    database: Database
+    events: SqlEventLog
+    feedback: SqlFeedbackLog
+    labels: SqlLabelStore
+    rules: SqlIdentityRules
+    ledger: SqlAccountLedger
     webhooks: WebhookStore
     dispatcher: Dispatcher
     behaviour: BehaviourStore
@@ -56,6 +57,12 @@ class Container:
     ingestor: FeedbackIngestor
     models: ModelManager
     fingerprints: FingerprintService | None = None
+    shared: SharedStateHealth | None = None  # with Redis: its health, for readiness and recovery
+
+    async def aclose(self) -> None:
+        if self.shared is not None:
+            await self.shared.close()
+            await self.shared.client.aclose()  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self.database.close()
@@ -84,30 +91,84 @@ def recipient_hash_key(settings: Settings) -> bytes:
     raise RuntimeError(f"the recipient hashing key at {path} is empty")
 
 
+def open_database(settings: Settings, metrics: Metrics | None = None) -> Database:
+    return Database(
+        settings.database_url,
+        settings.event_queue_max,
+        on_write_failure=metrics.events_write_failed.inc if metrics is not None else None,
+        pool_size=settings.database_pool_size,
+    )
+
+
+@dataclass
+class HotState:
+    behaviour: BehaviourStore
+    engagement: EngagementStore
+    accounts: AccountStateStore
+    index: MessageIndex
+    shared: SharedStateHealth | None = None
+
+
+def in_process_state(settings: Settings, ledger: SqlAccountLedger) -> HotState:
+    accounts = MemoryAccountStateStore(settings.max_tracked_accounts)
+    for key, state in ledger.load().items():  # locks and allowlists survive restarts
+        accounts.restore(key, state)
+    return HotState(
+        MemoryBehaviourStore(settings.max_tracked_accounts),
+        MemoryEngagementStore(settings.max_tracked_accounts),
+        accounts,
+        MemoryMessageIndex(settings.message_index_size),
+    )
+
+
+def redis_state(settings: Settings, ledger: SqlAccountLedger, metrics: Metrics) -> HotState:
+    """The hot state in Redis, shared by every replica; a miss on an account's lifecycle reads the ledger."""
+    from redis.asyncio import Redis
+
+    from service.stores import degraded
+    from service.stores.redis_state import (
+        RedisAccountStateStore,
+        RedisBehaviourStore,
+        RedisEngagementStore,
+        RedisMessageIndex,
+    )
+
+    assert settings.redis_url is not None
+    client = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+    )
+    prefix = settings.redis_prefix
+    accounts = RedisAccountStateStore(client, prefix)
+    health = degraded.SharedStateHealth(client, ledger, accounts, settings.redis_fail_open)
+    health.on_failure = metrics.shared_state_failures.inc
+    return HotState(
+        degraded.DegradableBehaviour(RedisBehaviourStore(client, prefix), health),
+        degraded.DegradableEngagement(RedisEngagementStore(client, prefix), health),
+        degraded.DegradableAccounts(accounts, ledger, health),
+        degraded.DegradableIndex(RedisMessageIndex(client, prefix), health),
+        health,
+    )
+
+
 def build_container(settings: Settings) -> Container:
     metrics = Metrics()
     models = ModelManager(settings, metrics)
     model = ModelHolder(models.load_primary(), models.load_shadow_or_none())
     publish(metrics, model.current)
-    database = SqliteDatabase(
-        settings.sqlite_path, settings.event_queue_max, on_write_failure=metrics.events_write_failed.inc
-    )
-    events = SqliteEventLog(database, on_drop=metrics.events_dropped.inc)
-    behaviour = MemoryBehaviourStore(settings.max_tracked_accounts)
-    engagement = MemoryEngagementStore(settings.max_tracked_accounts)
-    accounts = MemoryAccountStateStore(settings.max_tracked_accounts)
-    ledger = SqliteAccountLedger(database)
-    for key, state in ledger.load().items():  # locks and allowlists survive restarts
-        accounts.restore(key, state)
-    index = MemoryMessageIndex(settings.message_index_size)
-    feedback = SqliteFeedbackLog(database)
-    rules = SqliteIdentityRules(database)
+    database = open_database(settings, metrics)
+    events = SqlEventLog(database, on_drop=metrics.events_dropped.inc)
+    ledger = SqlAccountLedger(database)
+    hot = redis_state(settings, ledger, metrics) if settings.redis_url else in_process_state(settings, ledger)
+    behaviour, engagement, accounts, index = hot.behaviour, hot.engagement, hot.accounts, hot.index
+    feedback = SqlFeedbackLog(database)
+    rules = SqlIdentityRules(database)
     webhooks = WebhookStore(database)
     notifier = WebhookNotifier(webhooks, settings)
     fingerprints = (
-        FingerprintService(settings.fingerprint_policy, SqliteSignatureStore(database))
-        if settings.fingerprints
-        else None
+        FingerprintService(settings.fingerprint_policy, SqlSignatureStore(database)) if settings.fingerprints else None
     )
     scorer = Scorer(
         model=model,
@@ -149,7 +210,7 @@ def build_container(settings: Settings) -> Container:
         database=database,
         events=events,
         feedback=feedback,
-        labels=SqliteLabelStore(database),
+        labels=SqlLabelStore(database),
         rules=rules,
         ledger=ledger,
         webhooks=webhooks,
@@ -162,4 +223,5 @@ def build_container(settings: Settings) -> Container:
         ingestor=ingestor,
         models=models,
         fingerprints=fingerprints,
+        shared=hot.shared,
     )

@@ -13,8 +13,11 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
+
+from service.stores.writer import WriterStopped
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,22 @@ class NotReady(OutguardError):
     code = "not_ready"
 
 
+class StorageUnavailable(OutguardError):
+    """The database did not take a write: nothing was acknowledged, the caller should retry."""
+
+    status = 503
+    code = "storage_unavailable"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+
+class SharedStateUnavailable(OutguardError):
+    """Redis is unreachable and the service is configured to fail closed."""
+
+    status = 503
+    code = "shared_state_unavailable"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+
 async def send_error(send: Send, error: OutguardError) -> None:
     """Answer from ASGI middleware, before any route runs, in the same JSON shape."""
     body = orjson.dumps({"error": error.code, "detail": error.detail})
@@ -99,6 +118,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(WriterStopped)
+    async def _storage(request: Request, exc: Exception) -> JSONResponse:
+        # The database is down or refused the write: say so, nothing was stored.
+        log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+        error = StorageUnavailable("the database is unavailable; nothing was stored, retry later")
+        return JSONResponse({"error": error.code, "detail": error.detail}, status_code=503, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -41,6 +41,11 @@ class Metrics:
         self.events_dropped = Counter(
             "outguard_events_dropped", "Scored events dropped because the log queue was full", registry=self.registry
         )
+        self.shared_state_failures = Counter(
+            "outguard_shared_state_failures",
+            "Calls to the shared hot state (Redis) that failed; scoring went on degraded or answered 503",
+            registry=self.registry,
+        )
         self.events_write_failed = Counter(
             "outguard_events_write_failed", "Scored events the log writer failed to store", registry=self.registry
         )

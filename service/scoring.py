@@ -50,11 +50,11 @@ from service.stores import (
     EngagementStore,
     EventLog,
     IdentityRuleStore,
+    MessageIndex,
     MessageRef,
     ScoredEvent,
 )
-from service.stores.memory import MemoryMessageIndex
-from service.stores.sqlite_accounts import SqliteAccountLedger
+from service.stores.ledger import SqlAccountLedger
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +127,14 @@ class Scorer:
         behaviour: BehaviourStore,
         engagement: EngagementStore,
         accounts: AccountStateStore,
-        index: MemoryMessageIndex,
+        index: MessageIndex,
         events: EventLog,
         metrics: Metrics,
         policy: DecisionPolicy,
         recipient_hash_key: bytes,
         reasons: int,
         rules: IdentityRuleStore,
-        ledger: SqliteAccountLedger,
+        ledger: SqlAccountLedger,
         policies: Callable[[str], RelayPolicy],
         notifier: Notifier,
         store_subjects: bool = True,
@@ -229,9 +229,8 @@ class Scorer:
         )
         snapshot = await self.behaviour.observe(key, observation)
         hashed = [self.hash_recipient(r) for r in recipients]
-        state = await self.accounts.get(key)
-        if (expired := expire_lock(state, message.timestamp)) is not None:
-            await self.accounts.put(key, state)
+        state, expired = await self.accounts.update(key, lambda s: expire_lock(s, message.timestamp))
+        if expired is not None:
             await self.apply_transitions(key, state, [expired])
         subject = parsed.subject[:SUBJECT_CHARS] if self.store_subjects else None
         fingerprint = content.fingerprint
@@ -254,22 +253,25 @@ class Scorer:
 
     async def _finish(self, item: _Pending, bundle: ModelBundle, prediction: Prediction, index: int) -> ScoreResult:
         probability = float(prediction.probabilities[index])
-        contributions = prediction.contributions[index]
-        state = await self.accounts.get(item.key)
-        if state.locked:  # locked while this batch was being scored
-            return await self._finish_locked(item, bundle)
+        assert item.row is not None
+        reasons = self._reasons(bundle, item.row, prediction.contributions[index])
         evidence = message_evidence(probability, bundle.prior_log_odds, self.policy)
         campaign = self.fingerprints.campaign_evidence(item.content, probability) if self.fingerprints else 0.0
-        update_account(state, evidence + campaign, item.message.timestamp)
-        decision = decide(probability, state, self.policy, item.engagement_evidence)
-        assert item.row is not None
-        reasons = self._reasons(bundle, item.row, contributions)
-        why = _risk_reason(decision, probability, reasons, item.content if campaign > 0 else None)
-        action, transitions = after_decision(
-            state, decision, why, item.message.timestamp, self.policies(item.key.relay)
-        )
-        decision = replace(decision, action=action)
-        await self.accounts.put(item.key, state)
+        at, relay_policy = item.message.timestamp, self.policies(item.key.relay)
+
+        def account_step(state: AccountState) -> tuple[Decision, list[Transition], str] | None:
+            if state.locked:  # locked while this batch was being scored
+                return None
+            update_account(state, evidence + campaign, at)
+            decision = decide(probability, state, self.policy, item.engagement_evidence)
+            why = _risk_reason(decision, probability, reasons, item.content if campaign > 0 else None)
+            action, transitions = after_decision(state, decision, why, at, relay_policy)
+            return replace(decision, action=action), transitions, why
+
+        state, step = await self.accounts.update(item.key, account_step)
+        if step is None:
+            return await self._finish_locked(item, bundle)
+        decision, transitions, why = step
         await self.apply_transitions(item.key, state, transitions)
         await self._announce_signals(item, decision, probability, why)
         await self._learn_signature(item, probability, transitions)
@@ -296,7 +298,7 @@ class Scorer:
             self.metrics.lock_recommendations.inc()
         message = item.message
         if not locked:
-            self.index.remember(
+            await self.index.remember(
                 MessageRef(
                     message.message_id,
                     message.queue_id,
@@ -407,11 +409,13 @@ class Scorer:
         senders, evidence = self.fingerprints.earlier_senders(item.content, item.message.timestamp, item.key)
         if evidence <= 0:
             return
-        for key in senders:
-            state = await self.accounts.get(key)
+
+        def raise_evidence(state: AccountState) -> None:
             if not state.locked:
                 state.evidence += evidence
-                await self.accounts.put(key, state)
+
+        for key in senders:
+            await self.accounts.update(key, raise_evidence)
 
     async def _announce_campaign(self, item: _Pending, probability: float) -> None:
         campaign = item.content.campaign

@@ -56,7 +56,32 @@ class Settings(BaseSettings):
     )
 
     # -- storage
-    database_url: str = Field(default=f"sqlite:///{PROJECT_ROOT / 'var' / 'outguard.db'}")
+    database_url: str = Field(
+        default=f"sqlite:///{PROJECT_ROOT / 'var' / 'outguard.db'}",
+        description="sqlite:///PATH (embedded default) or postgresql://USER@HOST/DB (run `outguard db upgrade` first)",
+    )
+    database_pool_size: int = Field(default=8, ge=1, description="PostgreSQL connections per process")
+    event_retention_days: float = Field(
+        default=90.0, gt=0, description="Scored messages and feedback older than this are deleted (days)"
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://HOST:PORT/DB: per-account windows, engagement, account state and the message index "
+        "shared by every replica. Unset: in-process state (one process only).",
+    )
+    redis_prefix: str = Field(
+        default="og",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Namespace of every Redis key (several services, one Redis)",
+    )
+    redis_fail_open: bool = Field(
+        default=True,
+        description="With Redis unreachable, keep scoring on content alone (true) or answer 503 (false)",
+    )
+    redis_timeout_s: float = Field(default=0.25, gt=0, description="Per Redis command, before it counts as down")
+    shared_refresh_s: float = Field(
+        default=5.0, gt=0, description="How often identity rules and webhook subscriptions are re-read (seconds)"
+    )
     state_dir: Path = PROJECT_ROOT / "var"
     recipient_hash_key: SecretStr | None = Field(
         default=None,

@@ -47,13 +47,119 @@ def corpus_dir() -> Path:
     return DATA_DIR
 
 
+# Storage backends. A test module marked `pytestmark = pytest.mark.backends` runs once on each;
+# every other test uses the embedded default.
+BACKENDS = ("sqlite", "postgresql", "postgresql+redis")
+POSTGRES_URL = os.environ.get("OUTGUARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("OUTGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("backends"):
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+def require_service(name: str, reachable: bool, where: str) -> None:
+    """Skip without a backing service, except in CI, where its absence is a failure."""
+    if reachable:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{name} is not reachable at {where} (CI must have it)")
+    pytest.skip(f"{name} not reachable at {where}")
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A database URL whose tables live in a fresh schema of the test PostgreSQL, migrated to head; dropped after."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from service.stores.database import normalise_url
+    from service.stores.schema import upgrade
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalise_url(POSTGRES_URL))
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {schema}"))
+    except OperationalError as error:
+        admin.dispose()
+        require_service("PostgreSQL", False, f"{POSTGRES_URL} ({error.orig})")
+    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    engine = create_engine(normalise_url(url))
+    upgrade(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def redis_namespace() -> Iterator[str]:
+    """A Redis key prefix of its own on the test Redis; its keys are deleted after."""
+    import uuid
+
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        require_service("Redis", False, f"{REDIS_URL} ({error})")
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    try:
+        yield prefix
+    finally:
+        for key in client.scan_iter(match=f"{prefix}:*", count=1_000):
+            client.delete(key)
+        client.close()
+
+
+def run_sql(url: str, sql: str, params: dict[str, object] | None = None) -> list[tuple]:
+    """Run one statement on a fresh connection (what is durable, not what a process holds) and commit."""
+    from sqlalchemy import create_engine, text
+
+    from service.stores.database import normalise_url
+
+    engine = create_engine(normalise_url(url))
+    try:
+        with engine.begin() as connection:
+            result = connection.execute(text(sql), params or {})
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def backend(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def storage(backend: str, tmp_path: Path) -> Iterator[dict[str, object]]:
+    """The settings that pick the backend under test."""
+    if backend == "sqlite":
+        yield {"database_url": f"sqlite:///{tmp_path / 'outguard.db'}"}
+        return
+    with contextlib.ExitStack() as stack:
+        chosen: dict[str, object] = {"database_url": stack.enter_context(postgres_schema())}
+        if backend.endswith("+redis"):
+            chosen |= {"redis_url": REDIS_URL, "redis_prefix": stack.enter_context(redis_namespace())}
+        yield chosen
+
+
+@pytest.fixture
+def settings(tmp_path: Path, storage: dict[str, object]) -> Settings:
     return Settings(
-        database_url=f"sqlite:///{tmp_path / 'outguard.db'}",
         state_dir=tmp_path / "state",
         cache_dir=PROJECT_ROOT / ".cache",
         data_dir=DATA_DIR,
+        **storage,  # type: ignore[arg-type]
     )
 
 

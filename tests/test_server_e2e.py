@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from service.stores.sqlite_events import read_scored
+from service.stores.events import read_scored
 from tests.conftest import make_raw, server_process
 from training.modern_mail import ham_messages, spam_messages
 

@@ -15,8 +15,10 @@ thresholds from each account's evidence trajectory (recorded with auto-lock off)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -373,7 +375,7 @@ def plot_sweep(rows: list[dict[str, Any]], chosen: float, path: Path) -> None:
 
 def replay_http(
     events: Iterable[dict[str, Any]],
-    url: str,
+    url: str | Sequence[str],
     resolve: Callable[[str], bytes],
     token: str | None = None,
     progress: Callable[[int], None] | None = None,
@@ -382,6 +384,7 @@ def replay_http(
 
     The evidence is not in the API, so `MessageOutcome.evidence` holds the answer's
     account_risk (capped at 1): enough for the headline metrics, not for a sweep.
+    Several URLs (replicas sharing storage) take the requests in turn, in the log's order.
     """
     import base64
 
@@ -391,11 +394,15 @@ def replay_http(
     result = ReplayResult()
     sent: set[str] = set()
     pending: list[dict[str, Any]] = []
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+    urls = [url] if isinstance(url, str) else list(url)
+    with contextlib.ExitStack() as stack:
+        replicas = [stack.enter_context(httpx.Client(base_url=u, headers=headers, timeout=30)) for u in urls]
+        turns = itertools.cycle(replicas)
 
         def flush_feedback() -> None:
             for start in range(0, len(pending), 1_000):
-                response = client.post("/v1/feedback/batch", json={"events": pending[start : start + 1_000]})
+                batch = {"events": pending[start : start + 1_000]}
+                response = next(turns).post("/v1/feedback/batch", json=batch)
                 response.raise_for_status()
             result.feedback_applied += len(pending)
             pending.clear()
@@ -413,7 +420,7 @@ def replay_http(
             if script := message.pop("php_script", None):
                 content = f"X-PHP-Originating-Script: {script}\r\n".encode() + content
             message["raw_base64"] = base64.b64encode(content).decode()
-            response = client.post("/v1/score", json=message)
+            response = next(turns).post("/v1/score", json=message)
             response.raise_for_status()
             answer = response.json()
             truth = event["truth"]

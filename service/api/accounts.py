@@ -8,7 +8,6 @@ the slashes they decode to.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -17,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import Connection
 
 from features.engagement import engagement_features
 from features.spec import FEATURE_INDEX
@@ -27,7 +27,7 @@ from service.decision import account_risk
 from service.lifecycle import Transition, admin_allowlist, admin_lock, admin_reset, admin_unlock
 from service.reports.incident import IncidentSources, build_incident, render
 from service.stores import AccountKey, AccountState
-from service.stores.sqlite import rows_as_dicts
+from service.stores.database import mappings
 
 accounts_router = APIRouter(prefix="/v1/accounts", tags=["accounts"], responses=ERRORS)
 RelayPath = Annotated[str, Path(min_length=1, max_length=128)]
@@ -82,13 +82,13 @@ async def recent_scores(
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """The latest scores, and the account's windows as the latest scored message saw them."""
 
-    def query(connection: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, float]]:
-        cursor = connection.execute(
+    def query(connection: Connection) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        rows = mappings(
+            connection,
             "SELECT ts, message_id, spam_probability, account_risk, action, client_ip, features FROM scored_messages "
-            "WHERE relay = ? AND account = ? ORDER BY ts DESC LIMIT ?",
-            (key.relay, key.account, limit),
+            "WHERE relay = :relay AND account = :account ORDER BY ts DESC LIMIT :limit",
+            {"relay": key.relay, "account": key.account, "limit": limit},
         )
-        rows = rows_as_dicts(cursor)
         vector = next((orjson.loads(r["features"]) for r in rows if r["features"]), None)
         counters = {name.removeprefix("acct_"): vector[FEATURE_INDEX[name]] for name in COUNTERS} if vector else {}
         for row in rows:
@@ -165,11 +165,13 @@ async def change_account(
     container: Container, key: AccountKey, change: Callable[[AccountState, float], Transition]
 ) -> None:
     """An admin's change to an account (the API's and the dashboard's), audited before it takes effect."""
+    at = time.time()
     state = await container.accounts.get(key)
-    transition = change(state, time.time())
-    # Stored and audited before the answer; only then does scoring see it.
+    transition = change(state, at)
+    # Stored and audited before the answer; only then does scoring see it, applied to
+    # the freshest state (another replica may have scored the account meanwhile).
     await container.scorer.apply_transitions(key, state, [transition])
-    await container.accounts.put(key, state)
+    await container.accounts.update(key, lambda fresh: change(fresh, at))
 
 
 async def _admin(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import math
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -19,6 +19,7 @@ from service.api.common import ContainerDep, json_response
 from service.api.routes import ERRORS
 from service.errors import InvalidInput
 from service.reports.outbound import SORTABLE, GroupBy, OutboundQuery, count_groups, iter_outbound, outbound_rows
+from service.stores.database import Database
 
 reports_router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=ERRORS)
 
@@ -74,11 +75,10 @@ def _query(
     return query
 
 
-async def _csv_pages(path: str, query: OutboundQuery) -> AsyncIterator[bytes]:
-    """The report as CSV, read page by page from its own read-only connection in a worker thread."""
-    connection = await asyncio.to_thread(
-        lambda: sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    )
+async def _csv_pages(database: Database, query: OutboundQuery) -> AsyncIterator[bytes]:
+    """The report as CSV, read page by page from its own connection in worker threads."""
+    stack = contextlib.ExitStack()
+    connection = await asyncio.to_thread(stack.enter_context, database.reading())
     try:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\r\n")  # RFC 4180
@@ -91,7 +91,7 @@ async def _csv_pages(path: str, query: OutboundQuery) -> AsyncIterator[bytes]:
             writer.writerows([_csv_cell(v) for v in row] for row in rows)
             yield buffer.getvalue().encode()
     finally:
-        await asyncio.to_thread(connection.close)
+        await asyncio.to_thread(stack.close)
 
 
 @reports_router.get("/outbound", summary="Messages, scores, feedback and locks per account, identity, relay or day")
@@ -114,7 +114,7 @@ async def outbound_report(
         query = _query(since, until, group_by, relay, identity_source, sort, limit, offset, hold)
         name = f"outbound-{group_by.value}-{int(query.since)}-{int(query.until)}.csv"
         return StreamingResponse(
-            _csv_pages(str(container.settings.sqlite_path), query),
+            _csv_pages(container.database, query),
             media_type="text/csv; charset=utf-8; header=present",
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )

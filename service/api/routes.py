@@ -112,6 +112,8 @@ async def healthz() -> dict[str, str]:
 @operations.get("/readyz", summary="Model loaded and storage reachable")
 async def readyz(container: ContainerDep) -> dict[str, object]:
     checks = {"model": container.model.current is not None, "event_log": await container.events.ping()}
+    if container.shared is not None:  # with Redis down, scoring may go on degraded, but this replica is not well
+        checks["shared_state"] = await container.shared.ping()
     if not all(checks.values()):
         failing = ", ".join(name for name, ok in checks.items() if not ok)
         raise NotReady(f"not ready: {failing}")

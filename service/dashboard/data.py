@@ -6,10 +6,13 @@ log (or a quiet night) still shows its traffic.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy import Connection, text
+
+from service.stores.database import Sql
 
 HOUR, DAY = 3_600, 86_400
 ACTIONS = ("accept", "defer", "hold", "reject")
@@ -31,23 +34,28 @@ class Period:
 
 
 def period_ending_at_newest(
-    connection: sqlite3.Connection, days: float, now: float, where: str = "", params: tuple = ()
+    connection: Connection, days: float, now: float, where: str = "", params: dict[str, Any] | None = None
 ) -> Period:
-    newest = connection.execute(f"SELECT max(ts) FROM scored_messages {where}", params).fetchone()[0]
+    newest = connection.execute(text(f"SELECT max(ts) FROM scored_messages {where}"), params or {}).scalar()
     end = float(newest) if newest is not None else now
     bucket = HOUR if days <= 2 else DAY
     start = (end - days * DAY) // bucket * bucket
     return Period(start=start, end=end, bucket=bucket)
 
 
-def overview(connection: sqlite3.Connection, period: Period, hold: float) -> dict[str, Any]:
+def overview(connection: Connection, period: Period, hold: float) -> dict[str, Any]:
     n = period.buckets
+    bucket = Sql.of(connection).whole("(ts - :start) / :bucket")
+    window = {"start": period.start, "end": period.end, "bucket": period.bucket}
     messages, spam = [0.0] * n, [0.0] * n
     actions = {a: [0.0] * n for a in ACTIONS}
     for index, action, count, spam_count in connection.execute(
-        "SELECT CAST((ts - ?) / ? AS INTEGER), action, count(*), coalesce(sum(spam_probability >= ?), 0) "
-        "FROM scored_messages WHERE ts >= ? AND ts <= ? GROUP BY 1, 2",
-        (period.start, period.bucket, hold, period.start, period.end),
+        text(
+            f"SELECT {bucket}, action, count(*), "
+            "coalesce(sum(CASE WHEN spam_probability >= :hold THEN 1 ELSE 0 END), 0) FROM scored_messages "
+            "WHERE ts >= :start AND ts <= :end GROUP BY 1, 2"
+        ),
+        window | {"hold": hold},
     ):
         if 0 <= index < n:
             messages[index] += count
@@ -56,9 +64,11 @@ def overview(connection: sqlite3.Connection, period: Period, hold: float) -> dic
                 actions[action][index] += count
     locks = [0.0] * n
     for index, count in connection.execute(
-        "SELECT CAST((ts - ?) / ? AS INTEGER), count(*) FROM audit_log "
-        "WHERE action IN ('locked', 'locked_temporary') AND ts >= ? AND ts <= ? GROUP BY 1",
-        (period.start, period.bucket, period.start, period.end),
+        text(
+            f"SELECT {bucket}, count(*) FROM audit_log "
+            "WHERE action IN ('locked', 'locked_temporary') AND ts >= :start AND ts <= :end GROUP BY 1"
+        ),
+        window,
     ):
         if 0 <= index < n:
             locks[index] += count
@@ -79,14 +89,17 @@ def overview(connection: sqlite3.Connection, period: Period, hold: float) -> dic
     }
 
 
-def account_timeline(connection: sqlite3.Connection, relay: str, account: str, period: Period) -> dict[str, Any]:
+def account_timeline(connection: Connection, relay: str, account: str, period: Period) -> dict[str, Any]:
     n = period.buckets
     volume = [0.0] * n
     times, scores = [], []
+    key = {"relay": relay, "account": account}
     for ts, probability in connection.execute(
-        "SELECT ts, spam_probability FROM scored_messages WHERE relay = ? AND account = ? AND ts >= ? AND ts <= ? "
-        "ORDER BY ts",
-        (relay, account, period.start, period.end),
+        text(
+            "SELECT ts, spam_probability FROM scored_messages WHERE relay = :relay AND account = :account "
+            "AND ts >= :start AND ts <= :end ORDER BY ts"
+        ),
+        key | {"start": period.start, "end": period.end},
     ):
         index = int((ts - period.start) // period.bucket)
         if 0 <= index < n:
@@ -97,13 +110,17 @@ def account_timeline(connection: sqlite3.Connection, relay: str, account: str, p
     # The account's usual volume: its median over the buckets in which it sent anything.
     active = sorted(v for v in volume if v > 0)
     usual = active[len(active) // 2] if active else 0.0
-    feedback = dict(
-        connection.execute(
+    feedback = {
+        kind: count
+        for kind, count in connection.execute(
             # Feedback arrives after the mail it is about: everything since the period began.
-            "SELECT type, count(*) FROM feedback_events WHERE relay = ? AND account = ? AND ts >= ? GROUP BY type",
-            (relay, account, period.start),
-        ).fetchall()
-    )
+            text(
+                "SELECT type, count(*) FROM feedback_events WHERE relay = :relay AND account = :account "
+                "AND ts >= :start GROUP BY type"
+            ),
+            key | {"start": period.start},
+        )
+    }
     return {
         "labels": [period.label(i) for i in range(n)],
         "volume": volume,

@@ -176,10 +176,12 @@ async def account_page(
 ) -> HTMLResponse:
     key = AccountKey(relay, account)
     await container.events.flush()
-    where = "WHERE relay = ? AND account = ?"
+    where = "WHERE relay = :relay AND account = :account"
 
     def read(connection: Any) -> tuple[Any, dict[str, Any]]:
-        period = period_ending_at_newest(connection, _days(days), time.time(), where, (relay, account))
+        period = period_ending_at_newest(
+            connection, _days(days), time.time(), where, {"relay": relay, "account": account}
+        )
         return period, account_timeline(connection, relay, account, period)
 
     period, timeline = await container.database.read(read)

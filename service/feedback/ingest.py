@@ -18,9 +18,16 @@ from service.fingerprints.service import FingerprintService
 from service.fingerprints.signatures import SignatureAdd
 from service.metrics import Metrics
 from service.notify import Cooldown, Notifier
-from service.stores import AccountKey, EngagementStore, FeedbackEvent, FeedbackLog, FeedbackType, MessageRef
-from service.stores.memory import MemoryMessageIndex
-from service.stores.sqlite_events import SqliteEventLog
+from service.stores import (
+    AccountKey,
+    EngagementStore,
+    FeedbackEvent,
+    FeedbackLog,
+    FeedbackType,
+    MessageIndex,
+    MessageRef,
+)
+from service.stores.events import SqlEventLog
 
 DEFAULT_RELAY = "default"
 
@@ -57,8 +64,8 @@ class FeedbackIngestor:
     def __init__(
         self,
         *,
-        scored: SqliteEventLog,
-        index: MemoryMessageIndex,
+        scored: SqlEventLog,
+        index: MessageIndex,
         feedback: FeedbackLog,
         engagement: EngagementStore,
         metrics: Metrics,
@@ -150,7 +157,7 @@ class FeedbackIngestor:
         candidates: dict[int, list[MessageRef]] = {}
         missing_ids, missing_queue = set(), set()
         for i, (message_id, queue_id, _) in enumerate(wanted):
-            found = self.index.find(message_id, queue_id)
+            found = await self.index.find(message_id, queue_id)
             if found:
                 candidates[i] = found
             else:

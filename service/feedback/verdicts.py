@@ -20,17 +20,20 @@ async def apply_verdict(
     if label.account is None or label.relay is None:
         return None, None, []  # a message this service never scored: a label, nothing more
     key = AccountKey(label.relay, label.account)
-    state = await accounts.get(key)
-    if label.label is Verdict.SPAM:
-        state.evidence += policy.message_evidence_max
-    elif label.label is Verdict.HAM:
-        state.evidence = max(0.0, state.evidence - policy.message_evidence_max)
-    elif label.label is Verdict.COMPROMISED:
-        state.evidence = max(state.evidence, policy.lock_threshold)
-    transitions = []
-    if label.label is Verdict.CLEAN:
-        state.evidence = 0.0
-        if state.locked or state.status is not AccountStatus.ACTIVE:
-            transitions.append(admin_unlock(state, label.actor, f"verdict clean: {label.reason}", at))
-    await accounts.put(key, state)
+
+    def apply(state: AccountState) -> list[Transition]:
+        if label.label is Verdict.SPAM:
+            state.evidence += policy.message_evidence_max
+        elif label.label is Verdict.HAM:
+            state.evidence = max(0.0, state.evidence - policy.message_evidence_max)
+        elif label.label is Verdict.COMPROMISED:
+            state.evidence = max(state.evidence, policy.lock_threshold)
+        transitions = []
+        if label.label is Verdict.CLEAN:
+            state.evidence = 0.0
+            if state.locked or state.status is not AccountStatus.ACTIVE:
+                transitions.append(admin_unlock(state, label.actor, f"verdict clean: {label.reason}", at))
+        return transitions
+
+    state, transitions = await accounts.update(key, apply)
     return key, state, transitions

@@ -18,7 +18,7 @@ from service.fingerprints.campaigns import CampaignPolicy, CampaignTracker, Camp
 from service.fingerprints.index import Probe
 from service.fingerprints.signatures import SAME_CONTENT, SignatureAdd, SignatureDb, SignatureMatch
 from service.stores import AccountKey
-from service.stores.sqlite_signatures import SqliteSignatureStore
+from service.stores.signatures import SqlSignatureStore
 
 # The cluster's mean spam probability at which a campaign adds its full evidence.
 FULL_EVIDENCE_AT = 0.5
@@ -45,7 +45,7 @@ NO_LOOKUP = ContentLookup(NO_FINGERPRINT_FEATURES)
 
 
 class FingerprintService:
-    def __init__(self, policy: FingerprintPolicy, store: SqliteSignatureStore) -> None:
+    def __init__(self, policy: FingerprintPolicy, store: SqlSignatureStore) -> None:
         self.policy = policy
         self.store = store
         self.fingerprinter = Fingerprinter()

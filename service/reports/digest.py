@@ -8,7 +8,6 @@ service or on a copy of its database. Sent over SMTP when `OUTGUARD_SMTP_HOST` i
 from __future__ import annotations
 
 import smtplib
-import sqlite3
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import Connection, text
 
 from service.reports.outbound import GroupBy, OutboundQuery, outbound_rows
 
@@ -47,7 +47,7 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def build_digest(connection: sqlite3.Connection, since: float, until: float, hold_threshold: float) -> dict[str, Any]:
+def build_digest(connection: Connection, since: float, until: float, hold_threshold: float) -> dict[str, Any]:
     query = OutboundQuery(
         since, until, GroupBy.ACCOUNT, sort="-spam_messages", limit=TOP, hold_threshold=hold_threshold
     )
@@ -57,16 +57,20 @@ def build_digest(connection: sqlite3.Connection, since: float, until: float, hol
     locks = [
         {"when": _when(ts), "relay": relay, "account": account, "action": action, "by": actor, "reason": reason}
         for ts, relay, account, action, actor, reason in connection.execute(
-            "SELECT ts, relay, account, action, actor, reason FROM audit_log "
-            "WHERE action IN ('locked', 'locked_temporary') AND ts >= ? AND ts < ? ORDER BY ts",
-            (since, until),
+            text(
+                "SELECT ts, relay, account, action, actor, reason FROM audit_log "
+                "WHERE action IN ('locked', 'locked_temporary') AND ts >= :since AND ts < :until ORDER BY ts"
+            ),
+            {"since": since, "until": until},
         )
     ]
     messages, spam, accounts = connection.execute(
-        "SELECT count(*), coalesce(sum(spam_probability >= ?), 0), count(DISTINCT relay || '/' || account) "
-        "FROM scored_messages WHERE ts >= ? AND ts < ?",
-        (hold_threshold, since, until),
-    ).fetchone()
+        text(
+            "SELECT count(*), coalesce(sum(CASE WHEN spam_probability >= :hold THEN 1 ELSE 0 END), 0), "
+            "count(DISTINCT relay || '/' || account) FROM scored_messages WHERE ts >= :since AND ts < :until"
+        ),
+        {"hold": hold_threshold, "since": since, "until": until},
+    ).one()
     return {
         "since": _when(since),
         "until": _when(until),

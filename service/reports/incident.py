@@ -10,7 +10,6 @@ shows why the messages scored as they did without storing more per message.
 from __future__ import annotations
 
 import math
-import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -21,11 +20,13 @@ from typing import Any
 import numpy as np
 import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import Connection, text
 
 from features.engagement import engagement_features
 from features.spec import BY_NAME, FEATURE_INDEX
 from service.decision import account_risk
 from service.stores import AccountKey
+from service.stores.database import mappings
 
 WINDOW_S = 86_400
 MAX_MESSAGES = 2_000
@@ -49,19 +50,20 @@ def _when(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else None
 
 
-def _messages(connection: sqlite3.Connection, key: AccountKey) -> list[dict[str, Any]]:
+def _messages(connection: Connection, key: AccountKey) -> list[dict[str, Any]]:
+    account = {"relay": key.relay, "account": key.account}
     newest = connection.execute(
-        "SELECT max(ts) FROM scored_messages WHERE relay = ? AND account = ?", (key.relay, key.account)
-    ).fetchone()[0]
+        text("SELECT max(ts) FROM scored_messages WHERE relay = :relay AND account = :account"), account
+    ).scalar()
     if newest is None:
         return []
-    cursor = connection.execute(
+    return mappings(
+        connection,
         "SELECT ts, message_id, identity_source, spam_probability, action, client_ip, subject, features, "
-        "recipients_hashed FROM scored_messages WHERE relay = ? AND account = ? AND ts >= ? "
-        "ORDER BY ts DESC LIMIT ?",
-        (key.relay, key.account, newest - WINDOW_S, MAX_MESSAGES),
+        "recipients_hashed FROM scored_messages WHERE relay = :relay AND account = :account AND ts >= :since "
+        "ORDER BY ts DESC LIMIT :limit",
+        account | {"since": newest - WINDOW_S, "limit": MAX_MESSAGES},
     )
-    return [dict(r) for r in cursor]
 
 
 def _top_reasons(model: Any, rows: list[list[float]]) -> list[dict[str, Any]]:

@@ -8,10 +8,13 @@ of a large range streams without being held in memory.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
+
+from sqlalchemy import Connection, Row, text
+
+from service.stores.database import Sql
 
 
 class GroupBy(StrEnum):
@@ -26,7 +29,7 @@ _KEYS: dict[GroupBy, tuple[tuple[str, str], ...]] = {
     GroupBy.ACCOUNT: (("relay", "relay"), ("account", "account")),
     GroupBy.IDENTITY: (("identity_source", "identity_source"), ("relay", "relay"), ("account", "account")),
     GroupBy.RELAY: (("relay", "relay"),),
-    GroupBy.DAY: (("day", "strftime('%Y-%m-%d', ts, 'unixepoch')"),),
+    GroupBy.DAY: (("day", "{day}"),),
 }
 METRICS = (
     "messages",
@@ -58,17 +61,17 @@ class OutboundQuery:
         return [name for name, _ in _KEYS[self.group_by]] + list(METRICS)
 
 
-def _sql(query: OutboundQuery) -> tuple[str, dict[str, object]]:
-    keys = _KEYS[query.group_by]
+def _sql(query: OutboundQuery, sql: Sql) -> tuple[str, dict[str, object]]:
+    keys = tuple((name, expr.format(day=sql.day("ts"))) for name, expr in _KEYS[query.group_by])
     key_select = ", ".join(f"{expr} AS {name}" for name, expr in keys)
     key_names = ", ".join(name for name, _ in keys)
-    join_on = " AND ".join(f"f.{name} IS m.{name}" for name, _ in keys)
+    join_on = " AND ".join(f"f.{name} IS NOT DISTINCT FROM m.{name}" for name, _ in keys)
     # Locks belong to the account, not to one way of finding it: with group_by=identity an
     # account found two ways shows its locks on both rows.
     lock_keys = tuple(k for k in keys if k[0] != "identity_source")
     lock_select = ", ".join(f"{expr} AS {name}" for name, expr in lock_keys)
     lock_names = ", ".join(name for name, _ in lock_keys)
-    lock_on = " AND ".join(f"l.{name} IS m.{name}" for name, _ in lock_keys)
+    lock_on = " AND ".join(f"l.{name} IS NOT DISTINCT FROM m.{name}" for name, _ in lock_keys)
     filters = "ts >= :since AND ts < :until" + (" AND relay = :relay" if query.relay else "")
     by_identity = query.group_by is GroupBy.IDENTITY or query.identity_source is not None
     identity_filter = " AND identity_source = :identity_source" if query.identity_source else ""
@@ -83,26 +86,27 @@ def _sql(query: OutboundQuery) -> tuple[str, dict[str, object]]:
     )
     descending = query.sort.startswith("-")
     column = query.sort.lstrip("-")
-    sql = f"""
+    statement = f"""
 WITH m AS (
     SELECT {key_select}, count(*) AS messages,
-        sum(json_array_length(recipients_hashed)) AS recipients,
-        sum(spam_probability >= :hold) AS spam_messages,
+        sum({sql.json_length("recipients_hashed")}) AS recipients,
+        sum(CASE WHEN spam_probability >= :hold THEN 1 ELSE 0 END) AS spam_messages,
         avg(spam_probability) AS mean_spam_probability,
         max(spam_probability) AS max_spam_probability
     FROM scored_messages WHERE {message_filters} GROUP BY {key_names}
 ), f AS (
-    SELECT {key_select}, sum(type = 'bounce') AS bounces, sum(type = 'complaint') AS complaints,
-        sum(type = 'reply') AS replies
-    FROM {feedback_rows} WHERE 1 {identity_filter} GROUP BY {key_names}
+    SELECT {key_select}, sum(CASE WHEN type = 'bounce' THEN 1 ELSE 0 END) AS bounces,
+        sum(CASE WHEN type = 'complaint' THEN 1 ELSE 0 END) AS complaints,
+        sum(CASE WHEN type = 'reply' THEN 1 ELSE 0 END) AS replies
+    FROM {feedback_rows} AS feedback WHERE 1 = 1 {identity_filter} GROUP BY {key_names}
 ), l AS (
     SELECT {lock_select}, count(*) AS locks
     FROM audit_log WHERE action IN ('locked', 'locked_temporary') AND {filters} GROUP BY {lock_names}
 )
 SELECT {", ".join(f"m.{name} AS {name}" for name, _ in keys)}, m.messages AS messages,
     coalesce(m.recipients, 0) AS recipients, coalesce(m.spam_messages, 0) AS spam_messages,
-    round(m.mean_spam_probability, 4) AS mean_spam_probability,
-    round(m.max_spam_probability, 4) AS max_spam_probability,
+    {sql.round("m.mean_spam_probability", 4)} AS mean_spam_probability,
+    {sql.round("m.max_spam_probability", 4)} AS max_spam_probability,
     coalesce(f.bounces, 0) AS bounces, coalesce(f.complaints, 0) AS complaints,
     coalesce(f.replies, 0) AS replies, coalesce(l.locks, 0) AS locks
 FROM m LEFT JOIN f ON {join_on} LEFT JOIN l ON {lock_on}
@@ -116,24 +120,24 @@ ORDER BY {column} {"DESC" if descending else "ASC"} NULLS LAST, {", ".join(f"m.{
         "identity_source": query.identity_source,
     }
     if query.limit is not None or query.offset:
-        sql += " LIMIT :limit OFFSET :offset"  # SQLite: LIMIT -1 is no limit
-        params.update(limit=query.limit if query.limit is not None else -1, offset=query.offset)
-    return sql, params
+        statement += f" LIMIT {int(query.limit) if query.limit is not None else sql.no_limit} OFFSET :offset"
+        params.update(offset=query.offset)
+    return statement, params
 
 
-def outbound_rows(connection: sqlite3.Connection, query: OutboundQuery) -> list[tuple]:
-    sql, params = _sql(query)
-    return connection.execute(sql, params).fetchall()
+def outbound_rows(connection: Connection, query: OutboundQuery) -> list[Row]:
+    statement, params = _sql(query, Sql.of(connection))
+    return list(connection.execute(text(statement), params))
 
 
-def count_groups(connection: sqlite3.Connection, query: OutboundQuery) -> int:
-    sql, params = _sql(replace(query, limit=None, offset=0))
-    return connection.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0]
+def count_groups(connection: Connection, query: OutboundQuery) -> int:
+    statement, params = _sql(replace(query, limit=None, offset=0), Sql.of(connection))
+    return connection.execute(text(f"SELECT count(*) FROM ({statement}) AS report"), params).scalar_one()
 
 
-def iter_outbound(connection: sqlite3.Connection, query: OutboundQuery, page: int = 1_000) -> Iterator[list[tuple]]:
-    """The report's rows, `page` at a time, from one cursor (for streaming)."""
-    sql, params = _sql(query)
-    cursor = connection.execute(sql, params)
-    while rows := cursor.fetchmany(page):
+def iter_outbound(connection: Connection, query: OutboundQuery, page: int = 1_000) -> Iterator[list[Row]]:
+    """The report's rows, `page` at a time, from one server-side cursor (for streaming)."""
+    statement, params = _sql(query, Sql.of(connection))
+    result = connection.execution_options(stream_results=True, max_row_buffer=page).execute(text(statement), params)
+    while rows := result.fetchmany(page):
         yield rows

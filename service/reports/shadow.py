@@ -7,12 +7,12 @@ which of the two ranked spam above ham better.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+from sqlalchemy import Connection, text
 
 _ROWS = """
 SELECT s.model_version, s.shadow_model_version, s.spam_probability, s.shadow_probability,
@@ -21,7 +21,7 @@ SELECT s.model_version, s.shadow_model_version, s.spam_probability, s.shadow_pro
     EXISTS (SELECT 1 FROM feedback_events f WHERE f.type = 'complaint' AND f.message_id = s.message_id
         AND f.relay = s.relay) AS complained
 FROM scored_messages s
-WHERE s.shadow_probability IS NOT NULL AND s.spam_probability IS NOT NULL AND s.ts >= ?
+WHERE s.shadow_probability IS NOT NULL AND s.spam_probability IS NOT NULL AND s.ts >= :since
 """
 
 
@@ -50,9 +50,11 @@ def compare(acting: np.ndarray, shadow: np.ndarray, labels: list[int | None], ho
     return out
 
 
-def shadow_report(connection: sqlite3.Connection, since: float, hold_threshold: float) -> dict[str, Any]:
+def shadow_report(connection: Connection, since: float, hold_threshold: float) -> dict[str, Any]:
     groups: dict[tuple[str, str], list[tuple[float, float, int | None]]] = defaultdict(list)
-    for acting_version, shadow_version, acting, shadow, verdict, complained in connection.execute(_ROWS, (since,)):
+    for acting_version, shadow_version, acting, shadow, verdict, complained in connection.execute(
+        text(_ROWS), {"since": since}
+    ):
         groups[(acting_version, shadow_version)].append((acting, shadow, _label(verdict, complained)))
     pairs = []
     for (acting_version, shadow_version), rows in sorted(groups.items()):

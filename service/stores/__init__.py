@@ -8,13 +8,16 @@ must never block the event loop; the in-process implementations return at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from features.behaviour import BehaviourSnapshot, Observation
 from features.engagement import EngagementSnapshot
 from service.identity import HeaderRule
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,3 +200,18 @@ class AccountStateStore(Protocol):
 
     async def put(self, key: AccountKey, state: AccountState) -> None:
         """Store the account's state."""
+
+    async def update(self, key: AccountKey, mutate: Callable[[AccountState], T]) -> tuple[AccountState, T]:
+        """Read, change and store the account's state as one step: replicas never lose each other's changes.
+
+        `mutate` changes the state in place and may run more than once (it must not
+        have other effects); the state as stored and its last result come back.
+        """
+
+
+class MessageIndex(Protocol):
+    async def remember(self, ref: MessageRef) -> None:
+        """Keep a scored message for matching its feedback."""
+
+    async def find(self, message_id: str | None, queue_id: str | None) -> list[MessageRef]:
+        """Remembered messages with this Message-ID or queue id."""

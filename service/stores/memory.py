@@ -7,6 +7,7 @@ account a capped number of remembered domains and client IPs.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
@@ -125,6 +126,7 @@ class AccountWindows:
 
 
 V = TypeVar("V")
+T = TypeVar("T")
 
 
 class _Lru(Generic[V]):
@@ -168,6 +170,13 @@ class MemoryAccountStateStore:
     async def put(self, key: AccountKey, state: AccountState) -> None:
         self._accounts.put(key, replace(state))
 
+    async def update(self, key: AccountKey, mutate: Callable[[AccountState], T]) -> tuple[AccountState, T]:
+        # One event loop, no await between read and write: nothing else can come between.
+        state = await self.get(key)
+        result = mutate(state)
+        self._accounts.put(key, replace(state))
+        return state, result
+
     def restore(self, key: AccountKey, state: AccountState) -> None:
         """Load a stored lifecycle status at start-up."""
         self._accounts.put(key, replace(state))
@@ -198,7 +207,7 @@ class MemoryMessageIndex:
         self._by_message_id: OrderedDict[str, list[MessageRef]] = OrderedDict()
         self._by_queue_id: OrderedDict[str, MessageRef] = OrderedDict()
 
-    def remember(self, ref: MessageRef) -> None:
+    async def remember(self, ref: MessageRef) -> None:
         refs = self._by_message_id.setdefault(ref.message_id, [])
         refs.append(ref)
         del refs[:-4]  # the same Message-ID through a few relays at most
@@ -210,7 +219,7 @@ class MemoryMessageIndex:
             while len(index) > self.capacity:
                 index.popitem(last=False)
 
-    def find(self, message_id: str | None, queue_id: str | None) -> list[MessageRef]:
+    async def find(self, message_id: str | None, queue_id: str | None) -> list[MessageRef]:
         found = list(self._by_message_id.get(message_id, ())) if message_id else []
         if queue_id and (ref := self._by_queue_id.get(queue_id)) is not None and ref not in found:
             found.append(ref)

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import random
 import secrets
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,10 +25,11 @@ from urllib.parse import quote
 
 import httpx
 import orjson
+from sqlalchemy import Connection, text
 
 from service.settings import Settings
 from service.stores import AccountKey
-from service.stores.sqlite import SqliteDatabase, rows_as_dicts
+from service.stores.database import Database, mappings
 from service.webhooks.signing import HEADER, sign
 from service.webhooks.targets import RefusedTarget, check_target
 
@@ -39,6 +39,8 @@ PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 BATCH = 50
 CONCURRENCY = 8
 IDLE_POLL_S = 1.0
+# How long a claimed delivery is this process's before another may retry it.
+CLAIM_LEASE_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,110 +56,154 @@ class Subscription:
 
 
 class WebhookStore:
-    def __init__(self, database: SqliteDatabase) -> None:
+    def __init__(self, database: Database) -> None:
         self.database = database
-        rows = database.read_now(lambda c: c.execute("SELECT * FROM webhooks WHERE active = 1").fetchall())
-        self._subscriptions = {r["id"]: _subscription(r) for r in rows}
+        self._subscriptions = database.read_now(_active)
 
     @property
     def subscriptions(self) -> list[Subscription]:
         return list(self._subscriptions.values())
 
+    async def refresh(self) -> None:
+        """Pick up subscriptions other replicas made or deleted."""
+        self._subscriptions = await self.database.read(_active)
+
     async def create(self, url: str, events: list[str], description: str, secret: str | None) -> Subscription:
         secret = secret or secrets.token_urlsafe(32)
-        row = (url, orjson.dumps(sorted(set(events))).decode(), secret, description, time.time())
-
-        def insert(connection: sqlite3.Connection) -> int:
-            sql = (
-                "INSERT INTO webhooks (url, events, secret, description, active, created_at) VALUES (?, ?, ?, ?, 1, ?)"
-            )
-            return connection.execute(sql, row).lastrowid or 0
-
-        webhook_id = await self.database.writer.submit(insert)
+        row = {
+            "url": url,
+            "events": orjson.dumps(sorted(set(events))).decode(),
+            "secret": secret,
+            "description": description,
+            "at": time.time(),
+        }
+        insert = text(
+            "INSERT INTO webhooks (url, events, secret, description, active, created_at) "
+            "VALUES (:url, :events, :secret, :description, 1, :at) RETURNING id"
+        )
+        webhook_id = await self.database.writer.submit(lambda c: int(c.execute(insert, row).scalar_one()))
         subscription = Subscription(webhook_id, url, frozenset(events), secret, description)
-        self._subscriptions[webhook_id] = subscription
+        self._subscriptions = self._subscriptions | {webhook_id: subscription}
         return subscription
 
     async def delete(self, webhook_id: int) -> bool:
-        def deactivate(connection: sqlite3.Connection) -> bool:
-            changed = connection.execute("UPDATE webhooks SET active = 0 WHERE id = ? AND active = 1", (webhook_id,))
+        def deactivate(connection: Connection) -> bool:
+            changed = connection.execute(
+                text("UPDATE webhooks SET active = 0 WHERE id = :id AND active = 1 RETURNING id"), {"id": webhook_id}
+            ).first()
             connection.execute(
-                "UPDATE webhook_outbox SET status = ?, last_error = ? WHERE webhook_id = ? AND status = ?",
-                (FAILED, "subscription deleted", webhook_id, PENDING),
+                text(
+                    "UPDATE webhook_outbox SET status = :failed, last_error = 'subscription deleted' "
+                    "WHERE webhook_id = :id AND status = :pending"
+                ),
+                {"failed": FAILED, "pending": PENDING, "id": webhook_id},
             )
-            return changed.rowcount == 1
+            return changed is not None
 
         found = await self.database.writer.submit(deactivate)
-        self._subscriptions.pop(webhook_id, None)
+        self._subscriptions = {i: s for i, s in self._subscriptions.items() if i != webhook_id}
         return found
 
     async def enqueue(self, rows: list[tuple[int, str, str, bytes]]) -> None:
         now = time.time()
-        values = [(w, event_id, kind, payload, PENDING, 0, now, now) for w, event_id, kind, payload in rows]
+        values = [
+            {
+                "webhook_id": w,
+                "event_id": event_id,
+                "event_type": kind,
+                "payload": payload,
+                "status": PENDING,
+                "at": now,
+            }
+            for w, event_id, kind, payload in rows
+        ]
+        insert = text(
+            "INSERT INTO webhook_outbox (webhook_id, event_id, event_type, payload, status, attempts, "
+            "next_attempt_at, created_at) VALUES (:webhook_id, :event_id, :event_type, :payload, :status, 0, :at, :at)"
+        )
+        await self.database.writer.submit(lambda c: c.execute(insert, values))
 
-        def insert(connection: sqlite3.Connection) -> None:
-            connection.executemany(
-                "INSERT INTO webhook_outbox (webhook_id, event_id, event_type, payload, status, attempts, "
-                "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                values,
-            )
+    async def claim(self, now: float, lease_s: float = CLAIM_LEASE_S) -> list[dict[str, Any]]:
+        """Due deliveries, each leased to this process for `lease_s`: replicas sharing the outbox never send one twice.
 
-        await self.database.writer.submit(insert)
+        The lease moves `next_attempt_at` forward in the same transaction as the read
+        (rows another replica is claiming are skipped, not waited for); a process that
+        dies mid-delivery leaves rows that fall due again when the lease runs out.
+        """
+        lock = " FOR UPDATE SKIP LOCKED" if self.database.dialect == "postgresql" else ""
+        select = text(
+            "SELECT * FROM webhook_outbox WHERE status = :pending AND next_attempt_at <= :now "
+            f"ORDER BY id LIMIT :batch{lock}"
+        )
+        lease = text("UPDATE webhook_outbox SET next_attempt_at = :until WHERE id = :id")
 
-    async def due(self, now: float) -> list[dict[str, Any]]:
-        def query(connection: sqlite3.Connection) -> list[dict[str, Any]]:
-            cursor = connection.execute(
-                "SELECT * FROM webhook_outbox WHERE status = ? AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-                (PENDING, now, BATCH),
-            )
-            return rows_as_dicts(cursor)
+        def claim(connection: Connection) -> list[dict[str, Any]]:
+            rows = [
+                dict(r) for r in connection.execute(select, {"pending": PENDING, "now": now, "batch": BATCH}).mappings()
+            ]
+            if rows:
+                connection.execute(lease, [{"until": now + lease_s, "id": r["id"]} for r in rows])
+            return rows
 
-        return await self.database.read(query)
+        return await self.database.writer.submit(claim)
 
     async def record_attempt(
         self, row: dict[str, Any], status: str, next_at: float, code: int | None, error: str | None, ms: float
     ) -> None:
         now = time.time()
+        attempt = {"outbox_id": row["id"], "ts": now, "code": code, "error": error, "ms": ms}
+        outcome = {
+            "status": status,
+            "next_at": next_at,
+            "error": error,
+            "delivered_at": now if status == DELIVERED else None,
+            "id": row["id"],
+        }
 
-        def update(connection: sqlite3.Connection) -> None:
+        def update(connection: Connection) -> None:
             connection.execute(
-                "INSERT INTO webhook_attempts (outbox_id, ts, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?)",
-                (row["id"], now, code, error, ms),
+                text(
+                    "INSERT INTO webhook_attempts (outbox_id, ts, status_code, error, duration_ms) "
+                    "VALUES (:outbox_id, :ts, :code, :error, :ms)"
+                ),
+                attempt,
             )
             connection.execute(
-                "UPDATE webhook_outbox SET status = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?, "
-                "delivered_at = ? WHERE id = ?",
-                (status, next_at, error, now if status == DELIVERED else None, row["id"]),
+                text(
+                    "UPDATE webhook_outbox SET status = :status, attempts = attempts + 1, next_attempt_at = :next_at, "
+                    "last_error = :error, delivered_at = :delivered_at WHERE id = :id"
+                ),
+                outcome,
             )
 
         await self.database.writer.submit(update)
 
     async def deliveries(self, webhook_id: int, limit: int = 100) -> list[dict[str, Any]]:
-        def query(connection: sqlite3.Connection) -> list[dict[str, Any]]:
-            outbox = rows_as_dicts(
-                connection.execute(
-                    "SELECT id, event_id, event_type, status, attempts, next_attempt_at, last_error, created_at, "
-                    "delivered_at FROM webhook_outbox WHERE webhook_id = ? ORDER BY id DESC LIMIT ?",
-                    (webhook_id, limit),
-                )
+        def query(connection: Connection) -> list[dict[str, Any]]:
+            outbox = mappings(
+                connection,
+                "SELECT id, event_id, event_type, status, attempts, next_attempt_at, last_error, created_at, "
+                "delivered_at FROM webhook_outbox WHERE webhook_id = :id ORDER BY id DESC LIMIT :limit",
+                {"id": webhook_id, "limit": limit},
             )
             for item in outbox:
-                item["attempts_log"] = rows_as_dicts(
-                    connection.execute(
-                        "SELECT ts, status_code, error, duration_ms FROM webhook_attempts WHERE outbox_id = ? "
-                        "ORDER BY id",
-                        (item["id"],),
-                    )
+                item["attempts_log"] = mappings(
+                    connection,
+                    "SELECT ts, status_code, error, duration_ms FROM webhook_attempts "
+                    "WHERE outbox_id = :id ORDER BY id",
+                    {"id": item["id"]},
                 )
             return outbox
 
         return await self.database.read(query)
 
 
-def _subscription(row: sqlite3.Row) -> Subscription:
-    return Subscription(
-        row["id"], row["url"], frozenset(orjson.loads(row["events"])), row["secret"], row["description"]
-    )
+def _active(connection: Connection) -> dict[int, Subscription]:
+    rows = connection.execute(text("SELECT * FROM webhooks WHERE active = 1 ORDER BY id")).mappings()
+    return {
+        r["id"]: Subscription(r["id"], r["url"], frozenset(orjson.loads(r["events"])), r["secret"], r["description"])
+        for r in rows
+    }
 
 
 class WebhookNotifier:
@@ -223,7 +269,7 @@ class Dispatcher:
                     await asyncio.wait_for(self.notifier.wake.wait(), IDLE_POLL_S)
 
     async def run_once(self) -> int:
-        due = await self.store.due(time.time())
+        due = await self.store.claim(time.time())
         if not due:
             return 0
         gate = asyncio.Semaphore(CONCURRENCY)

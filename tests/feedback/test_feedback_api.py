@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import pytest
 from fastapi.testclient import TestClient
 
 from features.spec import FEATURE_INDEX
-from service.stores.sqlite_events import read_scored
-from service.stores.sqlite_feedback import training_labels
+from service.stores.events import read_scored
+from service.stores.feedback import training_labels
 from tests.conftest import make_raw
 from tests.feedback import reports
+
+pytestmark = pytest.mark.backends
 
 RFC822 = {"content-type": "message/rfc822"}
 
@@ -31,10 +32,17 @@ def feedback(client: TestClient, **event: object) -> dict:
 
 
 def stored_rows(client: TestClient) -> list[dict]:
-    path = client.app.state.container.settings.sqlite_path
-    with sqlite3.connect(path) as connection:  # a fresh connection: what is on disk
-        connection.row_factory = sqlite3.Row
-        return [dict(r) for r in connection.execute("SELECT * FROM feedback_events ORDER BY received_at")]
+    from sqlalchemy import create_engine, text
+
+    from service.stores.database import normalise_url
+
+    engine = create_engine(normalise_url(client.app.state.container.settings.database_url))
+    try:
+        with engine.connect() as connection:  # a fresh connection: what is durable
+            query = text("SELECT * FROM feedback_events ORDER BY received_at, event_id")
+            return [dict(r) for r in connection.execute(query).mappings()]
+    finally:
+        engine.dispose()
 
 
 def test_an_event_is_attributed_to_the_scored_message_and_stored_before_the_answer(client: TestClient) -> None:
@@ -166,7 +174,7 @@ def test_bounces_to_invalid_recipients_reach_the_next_score(client: TestClient) 
     assert after["account_risk"] > before["account_risk"]
     assert after["lock_recommended"]  # 12 of 20 recipients do not exist: a bought list
     asyncio.run(client.app.state.container.events.flush())
-    logged = [e for e in read_scored(client.app.state.container.settings.sqlite_path) if e["account"] == "spammer"]
+    logged = [e for e in read_scored(client.app.state.container.settings.database_url) if e["account"] == "spammer"]
     rate = FEATURE_INDEX["eng_invalid_recipient_rate"]
     assert logged[1]["features"][rate] > 10 * logged[0]["features"][rate]
 

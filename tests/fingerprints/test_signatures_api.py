@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from features.spec import FEATURE_INDEX
 from service.app import create_app
 from service.settings import Settings
-from service.stores.sqlite_events import read_scored
+from service.stores.events import read_scored
 from tests.conftest import make_raw
 from tests.fingerprints.test_fingerprint import MINUTES, OFFER
 from training.mutations import mutate_text

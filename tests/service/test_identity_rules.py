@@ -8,6 +8,8 @@ from fastapi.testclient import TestClient
 from service.identity import DEFAULT_RULES, HeaderRule, InvalidRule, resolve_identity
 from tests.conftest import make_raw
 
+pytestmark = pytest.mark.backends
+
 POSTFIX_RECEIVED = (
     "from [192.168.1.20] (unknown [198.51.100.23])\r\n\t(Authenticated sender: alice@example.net)\r\n"
     "\tby smtp.example.net (Postfix) with ESMTPSA id 4Xk2F21Bz9z9sWq\r\n\tfor <bob@example.org>; "

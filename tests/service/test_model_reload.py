@@ -15,7 +15,7 @@ from models.bundle import BUNDLE_FILE, DEFAULT_BUNDLE_DIR
 from models.registry import ModelRegistry
 from service.app import create_app
 from service.settings import Settings
-from service.stores.sqlite_events import read_scored
+from service.stores.events import read_scored
 from tests.conftest import make_raw
 from tests.fingerprints.test_fingerprint import MINUTES, OFFER
 from training.pipeline import current_champion

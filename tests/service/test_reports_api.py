@@ -14,6 +14,8 @@ from fastapi.testclient import TestClient
 from tests.conftest import make_raw
 from tests.training.test_events import SHOUTING
 
+pytestmark = pytest.mark.backends
+
 NOW = time.time()
 
 

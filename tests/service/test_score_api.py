@@ -8,8 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from features.spec import FEATURE_INDEX, FEATURE_NAMES
-from service.stores.sqlite_events import read_scored
+from service.stores.events import read_scored
 from tests.conftest import make_raw
+
+pytestmark = pytest.mark.backends
 
 SPAM = make_raw(
     subject="URGENT: Claim your $5,000,000 prize NOW!!!",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +15,9 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import Settings
 from service.webhooks.signing import HEADER, sign, verify
+from tests.conftest import run_sql
+
+pytestmark = pytest.mark.backends
 
 SECRET = "whsec-test-0123456789abcdef"
 ADMIN = {"actor": "ops", "reason": "ticket 1"}
@@ -135,8 +137,7 @@ def test_an_event_queued_while_the_receiver_is_down_is_delivered_after_a_restart
         while not client.get(f"/v1/webhooks/{webhook_id}/deliveries").json()["deliveries"][0]["attempts"]:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-    with sqlite3.connect(hook_settings.sqlite_path) as connection:  # the retry is due now
-        connection.execute("UPDATE webhook_outbox SET next_attempt_at = 0")
+    run_sql(hook_settings.database_url, "UPDATE webhook_outbox SET next_attempt_at = 0")  # the retry is due now
     back = Receiver(port=port)
     try:
         with TestClient(create_app(hook_settings)) as restarted:

@@ -1,81 +1,86 @@
-"""Feedback events and admin verdicts in SQLite, committed before the service replies.
+"""Feedback events and admin verdicts in the database, committed before the service replies.
 
 Feedback is idempotent by `event_id` (`INSERT OR IGNORE`): the same event posted
-twice is stored once and counted once. `training_labels` joins the scored-message
+twice is stored once and counted once (`ON CONFLICT DO NOTHING`). `training_labels` joins the scored-message
 log with verdicts and complaints: the labelled feature vectors training learns from.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
 import orjson
+from sqlalchemy import Connection, text
 
 from service.stores import FeedbackEvent, Label
-from service.stores.sqlite import SqliteDatabase
+from service.stores.database import Database
 
-_INSERT_FEEDBACK = """
-INSERT OR IGNORE INTO feedback_events (event_id, type, ts, message_id, queue_id, relay, account,
+_INSERT_FEEDBACK = text("""
+INSERT INTO feedback_events (event_id, type, ts, message_id, queue_id, relay, account,
     recipient_hash, detail, matched, received_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-_INSERT_LABEL = """
+VALUES (:event_id, :type, :ts, :message_id, :queue_id, :relay, :account, :recipient_hash, :detail, :matched,
+    :received_at)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
+""")
+_INSERT_LABEL = text("""
 INSERT INTO labels (target, message_id, relay, account, label, actor, reason, ts, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
+VALUES (:target, :message_id, :relay, :account, :label, :actor, :reason, :ts, :created_at)
+RETURNING id
+""")
 
 
-class SqliteFeedbackLog:
-    def __init__(self, database: SqliteDatabase) -> None:
+class SqlFeedbackLog:
+    def __init__(self, database: Database) -> None:
         self.database = database
 
     async def add(self, events: list[FeedbackEvent]) -> list[bool]:
         received = time.time()
         rows = [
-            (
-                e.event_id,
-                e.type.value,
-                e.timestamp,
-                e.message_id,
-                e.queue_id,
-                e.relay,
-                e.account,
-                e.recipient_hash,
-                orjson.dumps(e.detail).decode(),
-                int(e.matched),
-                received,
-            )
+            {
+                "event_id": e.event_id,
+                "type": e.type.value,
+                "ts": e.timestamp,
+                "message_id": e.message_id,
+                "queue_id": e.queue_id,
+                "relay": e.relay,
+                "account": e.account,
+                "recipient_hash": e.recipient_hash,
+                "detail": orjson.dumps(e.detail).decode(),
+                "matched": int(e.matched),
+                "received_at": received,
+            }
             for e in events
         ]
 
-        def insert(connection: sqlite3.Connection) -> list[bool]:
-            return [connection.execute(_INSERT_FEEDBACK, row).rowcount == 1 for row in rows]
+        def insert(connection: Connection) -> list[bool]:
+            # RETURNING gives a row only for an insert that happened: a duplicate id returns none.
+            return [connection.execute(_INSERT_FEEDBACK, row).first() is not None for row in rows]
 
         return await self.database.writer.submit(insert)
 
     async def count(self) -> int:
-        return await self.database.read(lambda c: c.execute("SELECT count(*) FROM feedback_events").fetchone()[0])
+        return await self.database.read(lambda c: c.execute(text("SELECT count(*) FROM feedback_events")).scalar_one())
 
 
-class SqliteLabelStore:
-    def __init__(self, database: SqliteDatabase) -> None:
+class SqlLabelStore:
+    def __init__(self, database: Database) -> None:
         self.database = database
 
     async def add(self, label: Label) -> int:
-        row = (
-            label.target.value,
-            label.message_id,
-            label.relay,
-            label.account,
-            label.label.value,
-            label.actor,
-            label.reason,
-            label.timestamp,
-            time.time(),
-        )
-        return await self.database.writer.submit(lambda c: c.execute(_INSERT_LABEL, row).lastrowid)
+        row = {
+            "target": label.target.value,
+            "message_id": label.message_id,
+            "relay": label.relay,
+            "account": label.account,
+            "label": label.label.value,
+            "actor": label.actor,
+            "reason": label.reason,
+            "ts": label.timestamp,
+            "created_at": time.time(),
+        }
+        return await self.database.writer.submit(lambda c: int(c.execute(_INSERT_LABEL, row).scalar_one()))
 
 
 _TRAINING_LABELS = """
@@ -94,7 +99,7 @@ ORDER BY s.id
 """
 
 
-def training_labels(database: SqliteDatabase) -> list[dict[str, Any]]:
+def training_labels(database: Database) -> list[dict[str, Any]]:
     """Every logged feature vector with what is known of it since.
 
     `label` is 1 (spam) for a message an admin called spam or a recipient complained
@@ -103,9 +108,9 @@ def training_labels(database: SqliteDatabase) -> list[dict[str, Any]]:
     the audit log) come alongside: training decides how to use them.
     """
 
-    def query(connection: sqlite3.Connection) -> list[dict[str, Any]]:
+    def query(connection: Connection) -> list[dict[str, Any]]:
         out = []
-        for row in connection.execute(_TRAINING_LABELS):
+        for row in connection.execute(text(_TRAINING_LABELS)).mappings():
             record = dict(row)
             record["features"] = orjson.loads(record["features"])
             record["lock_confirmed"] = bool(record["lock_confirmed"])
