@@ -63,7 +63,7 @@ def test_the_same_event_twice_counts_once(client: TestClient) -> None:
     container = client.app.state.container
     from service.stores import AccountKey
 
-    snapshot = asyncio.run(container.engagement.snapshot(AccountKey("default", "alice")))
+    snapshot = client.portal.call(container.engagement.snapshot, AccountKey("default", "alice"))
     assert snapshot.outcomes["complaint"] == pytest.approx(1.0)
 
 
@@ -185,7 +185,7 @@ def test_out_of_order_feedback_still_counts(client: TestClient) -> None:
         feedback(client, event_id=f"o{i}", type="open", message_id="<o@x>", timestamp=when)
     from service.stores import AccountKey
 
-    snapshot = asyncio.run(client.app.state.container.engagement.snapshot(AccountKey("default", "judy")))
+    snapshot = client.portal.call(client.app.state.container.engagement.snapshot, AccountKey("default", "judy"))
     assert 2.9 < snapshot.outcomes["open"] <= 3.0  # three opens, the two late ones decayed by an hour or two
 
 

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from features.spec import FEATURE_INDEX, FEATURE_NAMES
 from service.stores.events import read_scored
-from tests.conftest import make_raw
+from tests.conftest import make_raw, run_sql
 
 pytestmark = pytest.mark.backends
 
@@ -74,7 +74,7 @@ def test_a_locked_account_is_rejected_without_running_the_model(client: TestClie
 
     accounts = client.app.state.container.accounts
     locked = AccountState(status=AccountStatus.LOCKED, lock_reason="admin")
-    asyncio.run(accounts.put(AccountKey("default", "locked-user"), locked))
+    client.portal.call(accounts.put, AccountKey("default", "locked-user"), locked)
     result = score(client, sasl_username="locked-user", raw=make_raw())
     assert result["action"] == "reject"
     assert result["account_locked"] is True
@@ -142,13 +142,18 @@ def test_batch_answers_in_order(client: TestClient) -> None:
 def test_scored_messages_are_logged_with_features_and_hashed_recipients(client: TestClient, settings) -> None:
     score(client, message_id="<logged@x>", sasl_username="alice", recipients=["Bob@Example.org"], raw=make_raw())
     asyncio.run(client.app.state.container.events.flush())
-    [event] = [e for e in read_scored(settings.sqlite_path) if e["message_id"] == "<logged@x>"]
+    [event] = [e for e in read_scored(settings.database_url) if e["message_id"] == "<logged@x>"]
     assert event["account"] == "alice" and event["relay"] == "default"
     assert len(event["features"]) == len(FEATURE_NAMES)
     assert event["recipients_hashed"] and "bob" not in event["recipients_hashed"][0].lower()
     assert event["model_version"] == client.app.state.container.model.current.version
-    stored = b"".join(p.read_bytes() for p in settings.sqlite_path.parent.glob(settings.sqlite_path.name + "*"))
-    assert b"<logged@x>" in stored  # the search below reads where the rows really are (db and WAL)
+    if settings.database_url.startswith("sqlite"):  # the database's files themselves: the db and its WAL
+        stored = b"".join(p.read_bytes() for p in settings.sqlite_path.parent.glob(settings.sqlite_path.name + "*"))
+    else:  # every stored row, every column, as PostgreSQL prints it
+        stored = "\n".join(
+            r[0] for r in run_sql(settings.database_url, "SELECT s::text FROM scored_messages s")
+        ).encode()
+    assert b"<logged@x>" in stored  # the search below reads where the rows really are
     assert b"bob@example.org" not in stored.lower()
     assert b"are we still on for lunch" not in stored.lower()
 
@@ -158,6 +163,6 @@ def test_timestamps_drive_the_windows(client: TestClient) -> None:
     score(client, message_id="<t1@x>", timestamp="2026-01-01T00:00:00Z", **base)
     score(client, message_id="<t2@x>", timestamp="2026-01-01T00:00:30+00:00", **base)
     asyncio.run(client.app.state.container.events.flush())
-    events = [e for e in read_scored(client.app.state.container.settings.sqlite_path) if e["account"] == "timed"]
+    events = [e for e in read_scored(client.app.state.container.settings.database_url) if e["account"] == "timed"]
     assert events[1]["ts"] - events[0]["ts"] == 30
     assert events[1]["features"][FEATURE_INDEX["acct_msgs_1m"]] == 2
