@@ -342,7 +342,7 @@ def db_current() -> None:
 
 @db_app.command("maintain")
 def db_maintain() -> None:
-    """Make the coming days' partitions; delete what is past OUTGUARD_EVENT_RETENTION_DAYS (the service does it hourly)."""
+    """Make the coming days' partitions; delete what is past OUTGUARD_EVENT_RETENTION_DAYS (done hourly by serve)."""
     import asyncio
 
     from service.container import open_database

@@ -142,8 +142,7 @@ class Writer:
             log.error("database writer: a transaction of %d operations failed: %s", len(items), exc)
             self._on_failure(sum(1 for item in items if item.future is None))
             for item in items:
-                if item.future is not None:
-                    item.future.set_exception(exc)
+                _settle(item.future, None, exc)
             return
         for item, result, error in results:
             if item.future is None:
@@ -151,10 +150,18 @@ class Writer:
                     log.error("database writer: a queued write failed: %s", error)
                     self._on_failure(1)
                 continue
-            if error is not None:
-                item.future.set_exception(error)
-            else:
-                item.future.set_result(result)
+            _settle(item.future, result, error)
+
+
+def _settle(future: concurrent.futures.Future[Any] | None, result: Any, error: BaseException | None) -> None:
+    # A caller that gave up (its request was cancelled) has a cancelled future: the write
+    # still happened, there is just nobody left to tell, and the thread must go on.
+    if future is None or future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _runs(items: list[_Item]) -> list[list[_Item]]:

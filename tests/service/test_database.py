@@ -222,3 +222,22 @@ def test_a_sqlite_file_from_before_migrations_is_kept_and_brought_up_to_date(bac
         assert [r["message_id"] for r in read_scored(path)] == ["<kept@x>"]
     finally:
         database.close()
+
+
+def test_a_caller_that_gives_up_does_not_stop_the_writer(database: Database) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def slow(connection: Connection) -> int:
+        started.set()
+        release.wait(5)
+        return connection.execute(text("SELECT 1")).scalar_one()
+
+    async def run() -> int:
+        waiting = asyncio.create_task(database.writer.submit(slow))
+        await asyncio.to_thread(started.wait, 5)
+        waiting.cancel()  # the request was cancelled while its write was in the transaction
+        release.set()
+        return await database.writer.submit(lambda c: c.execute(text("SELECT 2")).scalar_one())
+
+    assert asyncio.run(run()) == 2
+    assert database.writer.alive
