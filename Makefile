@@ -33,6 +33,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.fingerprints
+	$(BIN)/python -m bench.backends
 
 # Training time against rows, both engines; needs a replayed event log (see docs/retraining.md).
 bench-training: $(STAMP)
