@@ -25,36 +25,20 @@ import orjson
 import redis
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import create_engine, text
 
 from bench.load import encode_post, run_load
 from bench.run import _inputs, free_port, sample_messages, wait_healthy
 from service.container import build_container
 from service.settings import PROJECT_ROOT, Settings
-from service.stores.database import normalise_url
-from service.stores.schema import upgrade
+from service.stores.schema import scratch_schema
 
 console = Console()
 POSTGRES_URL = os.environ.get("OUTGUARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("OUTGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-@contextlib.contextmanager
-def fresh_schema() -> Iterator[str]:
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(normalise_url(POSTGRES_URL))
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    engine = create_engine(normalise_url(url))
-    upgrade(engine)
-    engine.dispose()
-    try:
-        yield url
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+def fresh_schema() -> contextlib.AbstractContextManager[str]:
+    return scratch_schema(POSTGRES_URL, "bench")
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from service.decision import DecisionPolicy
 from service.feedback.ingest import FeedbackIngestor
 from service.fingerprints.service import FingerprintService
@@ -16,7 +18,7 @@ from service.metrics import Metrics
 from service.model_runtime import ModelHolder, ModelManager, publish
 from service.scoring import Scorer
 from service.settings import Settings
-from service.stores import AccountStateStore, BehaviourStore, EngagementStore, MessageIndex
+from service.stores import AccountStateStore, BehaviourStore, EngagementStore, MessageIndex, degraded
 from service.stores.database import Database
 from service.stores.degraded import SharedStateHealth
 from service.stores.events import SqlEventLog
@@ -27,6 +29,12 @@ from service.stores.memory import (
     MemoryBehaviourStore,
     MemoryEngagementStore,
     MemoryMessageIndex,
+)
+from service.stores.redis_state import (
+    RedisAccountStateStore,
+    RedisBehaviourStore,
+    RedisEngagementStore,
+    RedisMessageIndex,
 )
 from service.stores.rules import SqlIdentityRules
 from service.stores.signatures import SqlSignatureStore
@@ -123,16 +131,6 @@ def in_process_state(settings: Settings, ledger: SqlAccountLedger) -> HotState:
 
 def redis_state(settings: Settings, ledger: SqlAccountLedger, metrics: Metrics) -> HotState:
     """The hot state in Redis, shared by every replica; a miss on an account's lifecycle reads the ledger."""
-    from redis.asyncio import Redis
-
-    from service.stores import degraded
-    from service.stores.redis_state import (
-        RedisAccountStateStore,
-        RedisBehaviourStore,
-        RedisEngagementStore,
-        RedisMessageIndex,
-    )
-
     assert settings.redis_url is not None
     client = Redis.from_url(
         settings.redis_url,

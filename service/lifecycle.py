@@ -46,9 +46,15 @@ def _move(
     return Transition(action, previous, status, actor, reason, at, details)
 
 
+def lock_has_expired(state: AccountState, at: float) -> bool:
+    return (
+        state.status is AccountStatus.LOCKED_TEMPORARY and state.locked_until is not None and at >= state.locked_until
+    )
+
+
 def expire_lock(state: AccountState, at: float) -> Transition | None:
     """A temporary lock whose time has come is lifted; the evidence starts over."""
-    if state.status is AccountStatus.LOCKED_TEMPORARY and state.locked_until is not None and at >= state.locked_until:
+    if lock_has_expired(state, at):
         state.locked_until = None
         state.evidence = 0.0
         return _move(state, AccountStatus.ACTIVE, "lock_expired", SYSTEM_ACTOR, "temporary lock expired", at)

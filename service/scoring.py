@@ -37,7 +37,7 @@ from service.decision import (
 )
 from service.fingerprints.service import NO_LOOKUP, ContentLookup, FingerprintService
 from service.identity import Identity, resolve_identity
-from service.lifecycle import Transition, after_decision, expire_lock
+from service.lifecycle import Transition, after_decision, expire_lock, lock_has_expired
 from service.metrics import Metrics
 from service.model_runtime import ModelHolder
 from service.notify import TRANSITION_EVENTS, Cooldown, Notifier
@@ -229,9 +229,13 @@ class Scorer:
         )
         snapshot = await self.behaviour.observe(key, observation)
         hashed = [self.hash_recipient(r) for r in recipients]
-        state, expired = await self.accounts.update(key, lambda s: expire_lock(s, message.timestamp))
-        if expired is not None:
-            await self.apply_transitions(key, state, [expired])
+        state = await self.accounts.get(key)
+        # Only a lock that is due goes through the read-change-write: every other message
+        # reads once (with Redis, one GET instead of a WATCH transaction).
+        if lock_has_expired(state, message.timestamp):
+            state, expired = await self.accounts.update(key, lambda s: expire_lock(s, message.timestamp))
+            if expired is not None:
+                await self.apply_transitions(key, state, [expired])
         subject = parsed.subject[:SUBJECT_CHARS] if self.store_subjects else None
         fingerprint = content.fingerprint
         # A locked account's attempts still count towards its content's campaign.

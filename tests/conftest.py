@@ -71,32 +71,16 @@ def require_service(name: str, reachable: bool, where: str) -> None:
 @contextlib.contextmanager
 def postgres_schema() -> Iterator[str]:
     """A database URL whose tables live in a fresh schema of the test PostgreSQL, migrated to head; dropped after."""
-    import uuid
-
-    from sqlalchemy import create_engine, text
     from sqlalchemy.exc import OperationalError
 
-    from service.stores.database import normalise_url
-    from service.stores.schema import upgrade
+    from service.stores.schema import scratch_schema
 
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(normalise_url(POSTGRES_URL))
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA {schema}"))
-    except OperationalError as error:
-        admin.dispose()
-        require_service("PostgreSQL", False, f"{POSTGRES_URL} ({error.orig})")
-    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    engine = create_engine(normalise_url(url))
-    upgrade(engine)
-    engine.dispose()
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(scratch_schema(POSTGRES_URL, "t"))
+        except OperationalError as error:
+            require_service("PostgreSQL", False, f"{POSTGRES_URL} ({error.orig})")
         yield url
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 @contextlib.contextmanager

@@ -101,10 +101,6 @@ class Database:
         self._closed = False
         self._idle = threading.Condition()
 
-    @property
-    def sqlite_path(self) -> Path | None:
-        return Path(self.url.database) if self.dialect == "sqlite" and self.url.database else None
-
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
         """A read connection, counted so that `close` waits for it (for reads that stream)."""

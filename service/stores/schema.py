@@ -8,13 +8,18 @@ adding the columns it lacks, then stamped, so its data is kept.
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
+
+from service.stores.database import normalise_url
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 FIRST_REVISION = "0001"
@@ -69,6 +74,30 @@ def upgrade(engine: Engine, legacy: bool = False) -> None:
             _add_legacy_columns(connection)
             command.stamp(alembic_config(connection), FIRST_REVISION)
         command.upgrade(alembic_config(connection), "head")
+
+
+@contextlib.contextmanager
+def scratch_schema(base_url: str, prefix: str) -> Iterator[str]:
+    """A URL whose tables live in a fresh, migrated schema of `base_url`'s PostgreSQL; the schema is dropped after.
+
+    For tests and benchmarks: each run gets its own tables on a shared server.
+    """
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalise_url(base_url))
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {schema}"))
+        url = f"{base_url}?options=-csearch_path%3D{schema}"
+        engine = create_engine(normalise_url(url))
+        upgrade(engine)
+        engine.dispose()
+        try:
+            yield url
+        finally:
+            with admin.begin() as connection:
+                connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    finally:
+        admin.dispose()
 
 
 def _add_legacy_columns(connection: Connection) -> None:
