@@ -68,20 +68,24 @@ class NotReady(OutguardError):
     code = "not_ready"
 
 
-class StorageUnavailable(OutguardError):
-    """The database did not take a write: nothing was acknowledged, the caller should retry."""
+class TemporarilyUnavailable(OutguardError):
+    """A backing service is down: nothing was done, the caller should retry."""
 
     status = 503
-    code = "storage_unavailable"
+    code = "unavailable"
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
 
 
-class SharedStateUnavailable(OutguardError):
+class StorageUnavailable(TemporarilyUnavailable):
+    """The database did not take a write: nothing was acknowledged."""
+
+    code = "storage_unavailable"
+
+
+class SharedStateUnavailable(TemporarilyUnavailable):
     """Redis is unreachable and the service is configured to fail closed."""
 
-    status = 503
     code = "shared_state_unavailable"
-    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
 
 
 async def send_error(send: Send, error: OutguardError) -> None:
@@ -125,8 +129,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _storage(request: Request, exc: Exception) -> JSONResponse:
         # The database is down or refused the write: say so, nothing was stored.
         log.error("database error on %s %s: %s", request.method, request.url.path, exc)
-        error = StorageUnavailable("the database is unavailable; nothing was stored, retry later")
-        return JSONResponse({"error": error.code, "detail": error.detail}, status_code=503, headers=error.headers)
+        return await _outguard(
+            request, StorageUnavailable("the database is unavailable; nothing was stored, retry later")
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,5 +1,6 @@
-"""Redis unreachable: scoring goes on degraded (or answers 503 when configured to), readiness turns red,
-locks still hold, and acknowledged feedback is still stored."""
+"""Backing services down. Redis unreachable: scoring goes on degraded (or answers 503 when configured to),
+readiness turns red, locks still hold, and acknowledged feedback is still stored. The database unable to
+write: a 503 the sender retries, never a 500."""
 
 from __future__ import annotations
 
@@ -47,4 +48,13 @@ def test_fail_closed_answers_503_for_the_relay_to_retry(down_settings: Settings)
         answer = client.post("/v1/score", json={"message_id": "<a@x>", "sasl_username": "alice", "raw": make_raw()})
         assert answer.status_code == 503
         assert answer.json()["error"] == "shared_state_unavailable"
+        assert answer.headers["retry-after"] == "5"
+
+
+def test_feedback_the_database_cannot_take_gets_a_503_not_a_500(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        client.app.state.container.database.writer.close()  # the database is gone for writes
+        answer = client.post("/v1/feedback", json={"event_id": "e1", "type": "complaint", "message_id": "<a@x>"})
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"] == "storage_unavailable"
         assert answer.headers["retry-after"] == "5"
