@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, bindparam, create_engine, text
 
-from service.stores import MessageRef, ScoredEvent
-from service.stores.database import Database, normalise_url
+from service.stores import AccountKey, MessageRef, ScoredEvent
+from service.stores.database import Database, Sql, normalise_url
 
 COLUMNS = [
     "ts",
@@ -124,3 +124,44 @@ def read_scored(source: str | Path, limit: int | None = None) -> Iterator[dict[s
                 yield record
     finally:
         engine.dispose()
+
+
+def account_activity(
+    connection: Connection, key: AccountKey, since: float | None, until: float | None, spam_threshold: float
+) -> dict[str, Any]:
+    """One account's logged mail in [since, until) (None: unbounded), summed up for the incident report.
+
+    `spam_like` counts messages scored at or over `spam_threshold`; `scored` excludes
+    messages refused while locked (no score). Times are None when there was no mail.
+    """
+    bounds = (" AND ts >= :since" if since is not None else "") + (" AND ts < :until" if until is not None else "")
+    statement = text(
+        "SELECT count(*) AS messages, min(ts) AS first_ts, max(ts) AS last_ts, "
+        f"coalesce(sum({Sql.of(connection).json_length('recipients_hashed')}), 0) AS recipients, "
+        "count(spam_probability) AS scored, "
+        "coalesce(sum(CASE WHEN spam_probability >= :spam THEN 1 ELSE 0 END), 0) AS spam_like, "
+        "count(DISTINCT client_ip) AS client_ips "
+        f"FROM scored_messages WHERE relay = :relay AND account = :account{bounds}"
+    )
+    params = {"relay": key.relay, "account": key.account, "since": since, "until": until, "spam": spam_threshold}
+    return dict(connection.execute(statement, params).mappings().one())
+
+
+_CLIENT_IPS_BEFORE = text(
+    "SELECT DISTINCT client_ip FROM scored_messages "
+    "WHERE relay = :relay AND account = :account AND ts < :until AND client_ip IN :ips"
+).bindparams(bindparam("ips", expanding=True))
+
+
+def client_ips_seen_before(connection: Connection, key: AccountKey, until: float, ips: Iterable[str]) -> set[str]:
+    """Which of these client IPs the account had already sent from before `until`."""
+    wanted, seen = sorted(set(ips)), set()
+    for start in range(0, len(wanted), _LOOKUP_CHUNK):
+        params = {
+            "relay": key.relay,
+            "account": key.account,
+            "until": until,
+            "ips": wanted[start : start + _LOOKUP_CHUNK],
+        }
+        seen |= {row[0] for row in connection.execute(_CLIENT_IPS_BEFORE, params)}
+    return seen
