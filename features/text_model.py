@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils import murmurhash3_32
 
 WORD_FEATURES = 2**18
@@ -100,17 +100,35 @@ class TextModel:
         return float(self.coef[index + offset] @ tf) / math.sqrt(float(tf @ tf))
 
 
-def fit_text_model(matrix: sp.csr_matrix, labels: np.ndarray, c: float = 4.0) -> TextModel:
+def fit_text_model(
+    matrix: sp.csr_matrix, labels: np.ndarray, c: float = 4.0, weights: np.ndarray | None = None
+) -> TextModel:
     # Balanced classes: the corpora's spam share is not the traffic's, and should not sit in the intercept.
     clf = LogisticRegression(C=c, solver="liblinear", max_iter=200, class_weight="balanced")
-    clf.fit(matrix, labels)
+    clf.fit(matrix, labels, sample_weight=weights)
     return TextModel(coef=clf.coef_[0].astype(np.float32), intercept=float(clf.intercept_[0]))
 
 
-def out_of_fold_scores(matrix: sp.csr_matrix, labels: np.ndarray, folds: int = 5, seed: int = 7) -> np.ndarray:
-    """Each row scored by a text model that never saw it: the honest input for LightGBM."""
+def out_of_fold_scores(
+    matrix: sp.csr_matrix,
+    labels: np.ndarray,
+    folds: int = 5,
+    seed: int = 7,
+    groups: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """Each row scored by a text model that never saw it: the honest input for LightGBM.
+
+    With `groups`, a group (the fills of one template) never straddles a fold: a text
+    model that saw one fill would score its siblings as if it knew them.
+    """
     scores = np.zeros(matrix.shape[0], dtype=np.float64)
-    for train_idx, held_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(matrix, labels):
-        model = fit_text_model(matrix[train_idx], labels[train_idx])
+    if groups is None:
+        splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(matrix, labels)
+    else:
+        splits = StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(matrix, labels, groups)
+    for train_idx, held_idx in splits:
+        fold_weights = None if weights is None else weights[train_idx]
+        model = fit_text_model(matrix[train_idx], labels[train_idx], weights=fold_weights)
         scores[held_idx] = model.score_matrix(matrix[held_idx])
     return scores
