@@ -79,6 +79,10 @@ def train(
     data_dir: Annotated[Path | None, typer.Option(help="Corpora folder (default: OUTGUARD_DATA_DIR)")] = None,
     max_rows: Annotated[int | None, typer.Option(help="Subsample to this many messages (quick runs)")] = None,
     no_cache: Annotated[bool, typer.Option(help="Re-extract features instead of using the cache")] = False,
+    modern: Annotated[bool, typer.Option(help="Train on modern-train too (present-day mail)")] = True,
+    held_out_projects: Annotated[
+        bool, typer.Option(help="Measure present-day mail with whole source projects held out (5 extra trainings)")
+    ] = True,
     from_events: cli_models.EventsOption = None,
     label_delay: cli_models.LabelDelayOption = "2d",
     engine: cli_models.EngineOption = "local",
@@ -101,12 +105,26 @@ def train(
         cli_models.run_pipeline(console, options, promote=False)
         return
     from training.dataset import build_corpus_dataset
+    from training.modern_dataset import build_modern_dataset, shipped_training_rows
     from training.train import TrainConfig, train_and_save
 
     settings = _settings_with(output, data_dir)
-    frame = build_corpus_dataset(settings.data_dir, settings.cache_dir, use_cache=not no_cache)
+    corpus = build_corpus_dataset(settings.data_dir, settings.cache_dir, use_cache=not no_cache)
+    modern_rows = (
+        build_modern_dataset(settings.data_dir, settings.cache_dir, use_cache=not no_cache) if modern else None
+    )
+    frame = shipped_training_rows(corpus, modern_rows) if modern_rows is not None else corpus
     config = TrainConfig(thresholds=_thresholds(settings), max_rows=max_rows)
     bundle = train_and_save(frame, config, settings.model_dir, console)
+    if modern_rows is not None and held_out_projects:
+        from models.bundle import save_bundle
+        from training.model_card import write_model_card
+        from training.modern_eval import grouped_evaluation
+
+        console.log("present-day mail: scoring each source project with a model that never saw it")
+        bundle.metrics["modern_heldout"] = grouped_evaluation(corpus, modern_rows, config, console)
+        save_bundle(bundle, settings.model_dir)
+        write_model_card(bundle, settings.model_dir)
     console.print(f"wrote bundle [bold]{bundle.version}[/bold] to {settings.model_dir}")
     _print_metrics(bundle.metrics["test"], "held-out test (as trained)")
 
@@ -139,21 +157,25 @@ def simulate(
     days: Annotated[int, typer.Option(help="Days")] = 7,
     relays: Annotated[int, typer.Option(help="Relays")] = 3,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same log")] = 1,
-    pool: Annotated[str, typer.Option(help="Content pool: eval (the corpus test split) or train")] = "eval",
+    pool: Annotated[str, typer.Option(help="Content pool: eval (held out from training) or train")] = "eval",
+    content: Annotated[
+        str, typer.Option(help="corpus (the 2007 corpora) or modern (present-day mail: shops, SaaS, phishing)")
+    ] = "corpus",
 ) -> None:
     """Simulate a hosting provider's outbound traffic, compromises and feedback as a replayable log."""
     import time
 
-    from training.dataset import build_corpus_dataset
-    from training.simulator import SimulationConfig, content_pools, simulate, write_log
+    from training.simulator import CONTENTS, SimulationConfig, load_pools, simulate, write_log
 
     if pool not in ("eval", "train"):
         raise typer.BadParameter("pool is eval or train")
+    if content not in CONTENTS:
+        raise typer.BadParameter(f"content is one of {', '.join(CONTENTS)}")
     settings = Settings()
-    frame = build_corpus_dataset(settings.data_dir, settings.cache_dir)
+    config = SimulationConfig(accounts=accounts, days=days, relays=relays, seed=seed, pool=pool, content=content)
+    pools = load_pools(config, settings.data_dir, settings.cache_dir)
     started = time.perf_counter()
-    config = SimulationConfig(accounts=accounts, days=days, relays=relays, seed=seed, pool=pool)
-    events, truth = simulate(config, content_pools(frame, pool))
+    events, truth = simulate(config, pools)
     write_log(out, events, truth, config)
     messages = sum(1 for e in events if e["type"] == "message")
     console.print(

@@ -16,6 +16,11 @@ builds it again as one of the libraries that send such mail really do:
 | go | listmonk, Kratos, Authelia | 60-hex boundaries from `mime/multipart`, headers sorted as Go's maps leave them |
 | nodemailer | Vendure | `--_NmP-hex-Part_1`, `<uuid@domain>`, HTML-only when no text is given |
 
+Some ham gets a Reply-To (the shop owner, the support queue; now and then at a mailbox
+provider) and, where the library sends HTML alone when the application gives no text
+(PHPMailer for WooCommerce, Go, Nodemailer), an HTML-only body: the corpus build did
+neither, so without this "Reply-To" and "HTML only" would mean spam.
+
 Header fields a receiver or a transport adds (X-Mailer included, since the corpus's
 spam had every X- header removed) are not written: both classes must look alike in
 what a corpus build stripped. The shapes come from each library's source; they need not
@@ -133,6 +138,7 @@ _SHAPES: dict[str, _Shape] = {
         "8bit",
         "8bit",
         "This is a multi-part message in MIME format.\r\n",
+        html_only_share=0.6,
     ),
     "symfony": _Shape(
         ("from", "reply-to", "to", "subject", "message-id", "mime-version", "date", "content-type"),
@@ -140,6 +146,7 @@ _SHAPES: dict[str, _Shape] = {
         lambda rng: _alnum(rng, 8, _B64 + "-_"),
         "quoted-printable",
         "quoted-printable",
+        html_only_share=0.3,
     ),
     "rails": _Shape(
         ("date", "from", "reply-to", "to", "message-id", "subject", "mime-version", "content-type"),
@@ -157,6 +164,7 @@ _SHAPES: dict[str, _Shape] = {
         lambda rng: f"==============={int(rng.integers(10**18, 9 * 10**18))}==",
         "quoted-printable",
         "quoted-printable",
+        html_only_share=0.2,
     ),
     "mimekit": _Shape(
         ("date", "from", "reply-to", "subject", "message-id", "to", "mime-version", "content-type"),
@@ -164,6 +172,7 @@ _SHAPES: dict[str, _Shape] = {
         lambda rng: f"=-{_alnum(rng, 22, _B64)}==",
         "quoted-printable",
         "base64",
+        html_only_share=0.2,
     ),
     "go": _Shape(
         ("content-type", "date", "from", "message-id", "mime-version", "reply-to", "subject", "to"),
@@ -198,6 +207,7 @@ def reshape(parsed: ParsedMessage, mailer: str, rng: np.random.Generator) -> byt
     if "subject" in headers:
         headers["subject"] = _encode_header(headers["subject"])
 
+    _reply_to(headers, content.from_domain, rng)
     text, html = content.text, content.html
     if html and text and rng.random() < shape.html_only_share:
         text = ""
@@ -230,6 +240,23 @@ def reshape(parsed: ParsedMessage, mailer: str, rng: np.random.Generator) -> byt
             lines.append(f"{_canonical(name)}: {headers[name]}")
             written.add(name)
     return ("\r\n".join(lines) + "\r\n\r\n" + "\r\n".join(body)).encode("utf-8", "surrogateescape")
+
+
+# Shops and help desks set Reply-To (the store owner, the support queue), now and then at
+# a mailbox provider; the corpus build never did, which would make Reply-To mean spam.
+REPLY_TO_SHARE = 0.3
+REPLY_TO_ELSEWHERE_SHARE = 0.15
+CC_SHARE = 0.02
+
+
+def _reply_to(headers: dict[str, str], domain: str, rng: np.random.Generator) -> None:
+    if "reply-to" not in headers and rng.random() < REPLY_TO_SHARE:
+        elsewhere = rng.random() < REPLY_TO_ELSEWHERE_SHARE
+        mailbox = ("gmail.com", "outlook.com", "yahoo.com")[int(rng.integers(0, 3))] if elsewhere else domain
+        local = ("support", "info", "hello", "orders", "owner", "team")[int(rng.integers(0, 6))]
+        headers["reply-to"] = f"{local}{int(rng.integers(1, 99)) if elsewhere else ''}@{mailbox}"
+    if "cc" not in headers and rng.random() < CC_SHARE:
+        headers["cc"] = f"archive@{domain}"
 
 
 def _canonical(name: str) -> str:

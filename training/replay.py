@@ -8,8 +8,11 @@ would never have happened.
 Metrics: message-level ROC and PR AUC; per compromised identity, the spam messages
 accepted before it was locked (median, p90, max) and the time to lock; compromised
 identities never caught; false locks per 1,000 legitimate account-days and the kinds of
-account they hit. `threshold_sweep` recomputes delay and false locks for other lock
-thresholds from each account's evidence trajectory (recorded with auto-lock off).
+account they hit. Fraudulent sign-ups (`fraud_signup`, modern content) are reported on
+their own (`fraud_signups`), not in the compromised accounts' figures: they are not a
+customer's account taken over but a spammer's own. `threshold_sweep` recomputes delay
+and false locks for other lock thresholds from each account's evidence trajectory
+(recorded with auto-lock off).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from training.corpora import TREC_DIR
 from training.mutations import mutate_raw
 
 DAY = 86_400.0
+FRAUD_SIGNUP = "fraud_signup"
 
 
 @dataclass(slots=True)
@@ -60,20 +64,48 @@ class ReplayResult:
     feedback_dropped: int = 0
 
 
-def corpus_resolver(data_dir: Path, cache_dir: Path) -> Callable[[str], bytes]:
+MODERN = "modern"  # refs "modern/<file of modern-train>" (see training.simulator)
+
+
+def corpus_resolver(data_dir: Path, cache_dir: Path) -> Callable[..., bytes]:
+    """`resolve(ref)` for corpus refs, `resolve(ref, salt)` for modern ones (modern-train, extracted on first use).
+
+    A modern ref is the message as `modern_message` gives it: corpus artefacts undone,
+    ham sent in the shape of the mailer library the sending identity (the salt) uses.
+    """
     roots = {"spamassassin": data_dir / "spamassassin", "trec": cache_dir / TREC_DIR / "messages"}
 
+    @lru_cache(maxsize=1)
+    def modern_root() -> Path:
+        from training.modern_corpus import ensure_modern_extracted
+
+        return ensure_modern_extracted(data_dir, cache_dir)
+
     @lru_cache(maxsize=8_192)
-    def resolve(ref: str) -> bytes:
+    def resolve(ref: str, salt: str = "") -> bytes:
         source, _, name = ref.partition("/")
+        if source == MODERN:
+            from training.modern_corpus import modern_message
+
+            return modern_message(modern_root(), name, int(name.startswith("spam/")), salt=salt)
         return (roots[source] / name).read_bytes()
 
     return resolve
 
 
-def event_content(event: dict[str, Any], resolve: Callable[[str], bytes]) -> bytes:
-    """The message's corpus content; a campaign's copy gets the per-recipient edits a spam run makes."""
-    content = resolve(event["content_ref"])
+def sending_identity(event: dict[str, Any]) -> str:
+    """The identity outguard sees send the message: its PHP script, else its SASL user."""
+    message = event["message"]
+    return message.get("php_script") or message.get("sasl_username") or ""
+
+
+def event_content(event: dict[str, Any], resolve: Callable[..., bytes]) -> bytes:
+    """The message's corpus content; a campaign's copy gets the per-recipient edits a spam run makes.
+
+    Modern content is salted with the sending identity, so one shop always sends through one mailer.
+    """
+    ref = event["content_ref"]
+    content = resolve(ref, sending_identity(event)) if ref.startswith(MODERN + "/") else resolve(ref)
     if (seed := event.get("mutation")) is not None:
         content = mutate_raw(content, np.random.default_rng(seed))
     return content
@@ -103,7 +135,7 @@ def to_message(event: dict[str, Any], content: bytes) -> MessageInput:
 async def replay(
     events: Iterable[dict[str, Any]],
     settings: Settings,
-    resolve: Callable[[str], bytes],
+    resolve: Callable[..., bytes],
     progress: Callable[[int], None] | None = None,
 ) -> ReplayResult:
     container = build_container(settings)
@@ -177,7 +209,7 @@ async def replay(
 def replay_sync(
     events: list[dict[str, Any]],
     settings: Settings,
-    resolve: Callable[[str], bytes],
+    resolve: Callable[..., bytes],
     progress: Callable[[int], None] | None = None,
 ) -> ReplayResult:
     return asyncio.run(replay(events, settings, resolve, progress))
@@ -196,7 +228,9 @@ def account_metrics(result: ReplayResult, truth: list[dict[str, Any]], days: flo
         by_identity[(outcome.relay, outcome.account)].append(outcome)
 
     # Compromised identities: the episodes' identities (a PHP mailer is its own identity).
+    # Fraudulent sign-ups are counted apart (`fraud`), in the same three lists.
     spam_before_lock, time_to_lock, never_caught = [], [], []
+    fraud: tuple[list[int], list[float], list[str]] = ([], [], [])
     by_kind: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     episodes = [(a["relay"], e) for a in truth for e in a["episodes"]]
     for relay, episode in episodes:
@@ -206,16 +240,23 @@ def account_metrics(result: ReplayResult, truth: list[dict[str, Any]], days: flo
             continue
         locked_at = next((o.at for o in stream if o.locked and o.at >= episode["start"]), None)
         accepted = [o for o in spam if o.action == "accept" and (locked_at is None or o.at < locked_at)]
-        spam_before_lock.append(len(accepted))
+        if episode["kind"] == FRAUD_SIGNUP:
+            fraud[0].append(len(accepted))
+            if locked_at is None:
+                fraud[2].append(episode["identity"])
+            else:
+                fraud[1].append(locked_at - episode["start"])
+        else:
+            spam_before_lock.append(len(accepted))
+            if locked_at is None:
+                never_caught.append(f"{episode['kind']}:{episode['identity']}")
+            else:
+                time_to_lock.append(locked_at - episode["start"])
         kind = by_kind[episode["kind"]]
         kind["accepted"].append(len(accepted))
         kind["sent"].append(len([o for o in spam if locked_at is None or o.at < locked_at]))
         if locked_at is not None:
             kind["minutes"].append((locked_at - episode["start"]) / 60)
-        if locked_at is None:
-            never_caught.append(f"{episode['kind']}:{episode['identity']}")
-        else:
-            time_to_lock.append(locked_at - episode["start"])
 
     compromised = {(relay, e["identity"]) for relay, e in episodes}
     legitimate = [a for a in truth if (a["relay"], a["account"]) not in compromised]
@@ -226,11 +267,18 @@ def account_metrics(result: ReplayResult, truth: list[dict[str, Any]], days: flo
         if any(o.locked for o in stream):
             false_locks[account["kind"]] += 1
             falsely_locked.append(
-                {"account": account["account"], "kind": account["kind"], "surprises": account["surprises"]}
+                {
+                    "account": account["account"],
+                    "kind": account["kind"],
+                    "surprises": account["surprises"],
+                    **({"repo": account["repo"]} if "repo" in account else {}),
+                }
             )
-    account_days = sum(
-        max(0.0, days - (a["active_from"] - min(x["active_from"] for x in truth)) / DAY) for a in legitimate
-    )
+    first = min(x["active_from"] for x in truth)
+    days_by_kind: dict[str, float] = defaultdict(float)
+    for a in legitimate:
+        days_by_kind[a["kind"]] += max(0.0, days - (a["active_from"] - first) / DAY)
+    account_days = sum(days_by_kind.values())
 
     scored = [o for o in result.outcomes if o.probability is not None]
     labels = np.array([o.spam for o in scored], dtype=int)
@@ -258,14 +306,35 @@ def account_metrics(result: ReplayResult, truth: list[dict[str, Any]], days: flo
         },
         "never_caught": never_caught,
         "by_episode": {kind: _episode_summary(values) for kind, values in sorted(by_kind.items())},
+        "fraud_signups": _fraud_summary(*fraud),
         "legitimate_accounts": len(legitimate),
         "legitimate_account_days": round(account_days, 1),
         "false_locks": sum(false_locks.values()),
         "false_locks_per_1000_account_days": 1000 * sum(false_locks.values()) / account_days if account_days else 0,
         "false_locks_by_kind": dict(false_locks),
+        "legitimate_account_days_by_kind": {kind: round(d, 1) for kind, d in sorted(days_by_kind.items())},
         "falsely_locked": falsely_locked[:50],
         "feedback_applied": result.feedback_applied,
         "feedback_dropped": result.feedback_dropped,
+    }
+
+
+def _fraud_summary(accepted: list[int], to_lock: list[float], never_caught: list[str]) -> dict[str, Any]:
+    """Fraudulent sign-ups: spam accepted before the lock (from their first message), and whether caught."""
+    return {
+        "identities": len(accepted),
+        "caught": len(to_lock),
+        "spam_accepted_before_lock": {
+            "median": _percentile(accepted, 50),
+            "p90": _percentile(accepted, 90),
+            "max": max(accepted) if accepted else None,
+            "total": int(sum(accepted)),
+        },
+        "minutes_to_lock": {
+            "median": (_percentile(to_lock, 50) or 0) / 60 if to_lock else None,
+            "p90": (_percentile(to_lock, 90) or 0) / 60 if to_lock else None,
+        },
+        "never_caught": never_caught,
     }
 
 
@@ -291,7 +360,8 @@ def threshold_sweep(
 
     With auto-lock off every account keeps its evidence trajectory; at threshold h an
     account would have been locked at its first message whose evidence reached h, and
-    every spam message it got out before that counts as accepted.
+    every spam message it got out before that counts as accepted. Fraudulent sign-ups
+    have their own columns (`fraud_*`), as in `account_metrics`.
     """
     by_identity: dict[tuple[str, str], list[MessageOutcome]] = defaultdict(list)
     for outcome in result.outcomes:
@@ -304,16 +374,21 @@ def threshold_sweep(
     peak = {key: max((o.evidence for o in stream), default=0.0) for key, stream in by_identity.items()}
     rows = []
     for h in thresholds:
-        delays, missed = [], 0
+        delays, missed, fraud_delays, fraud_missed = [], 0, [], 0
         for relay, episode in episodes:
             stream = [o for o in by_identity.get((relay, episode["identity"]), []) if o.at >= episode["start"]]
             if not any(o.spam for o in stream):
                 continue
             locked_at = next((o.at for o in stream if o.evidence >= h), None)
-            missed += locked_at is None
-            delays.append(
-                sum(1 for o in stream if o.spam and o.action == "accept" and (locked_at is None or o.at <= locked_at))
+            delay = sum(
+                1 for o in stream if o.spam and o.action == "accept" and (locked_at is None or o.at <= locked_at)
             )
+            if episode["kind"] == FRAUD_SIGNUP:
+                fraud_missed += locked_at is None
+                fraud_delays.append(delay)
+            else:
+                missed += locked_at is None
+                delays.append(delay)
         false_locks = sum(1 for a in legitimate if peak.get((a["relay"], a["account"]), 0.0) >= h)
         rows.append(
             {
@@ -322,6 +397,8 @@ def threshold_sweep(
                 "median_spam_before_lock": _percentile(delays, 50),
                 "p90_spam_before_lock": _percentile(delays, 90),
                 "never_caught": missed,
+                "fraud_p90_spam_before_lock": _percentile(fraud_delays, 90),
+                "fraud_never_caught": fraud_missed,
             }
         )
     return rows
@@ -376,7 +453,7 @@ def plot_sweep(rows: list[dict[str, Any]], chosen: float, path: Path) -> None:
 def replay_http(
     events: Iterable[dict[str, Any]],
     url: str | Sequence[str],
-    resolve: Callable[[str], bytes],
+    resolve: Callable[..., bytes],
     token: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ReplayResult:

@@ -16,6 +16,20 @@ through many accounts at once with the same content (each copy edited as spam ru
 edit theirs: `training.mutations`). Legitimate surprises: a
 newsletter's first big send, a holiday greeting to the whole address book, a
 transactional spike, a user back from a holiday.
+
+Two kinds of content (`SimulationConfig.content`):
+
+- `corpus` (the default): the 2007 corpora above, as the README's figures were measured.
+- `modern`: present-day mail from modern-train (`training.modern_corpus`). Shops and SaaS
+  accounts send fills of their own 2-5 templates from one open-source project at 20-300
+  a day; listmonk newsletters; WordPress/WooCommerce PHP scripts and contact forms;
+  phpBB/Lobsters forum notifications; personal mailboxes keep the corpus ham (there is
+  no present-day personal ham). Hijacks send present-day spam (contacts get phishing);
+  fraudulent sign-ups (`fraud_signup`) are new accounts that spam from their first
+  message. Refs are `modern/<file>`, resolved at replay through `modern_message` with
+  the sending identity as salt. The held-out split is the shipped model's
+  (`modern_pool_of`): ham by template (`source_path`), spam by file, a quarter of each
+  source project in `eval`, so a model trained on `pool="train"` never saw an eval template.
 """
 
 from __future__ import annotations
@@ -55,10 +69,12 @@ class SimulationConfig:
     days: int = 7
     relays: int = 3
     seed: int = 1
-    pool: str = "eval"  # eval: the corpus test split; train: the rest
+    pool: str = "eval"  # eval: content the shipped model never trained on (corpus test split, modern_pool_of); train
+    content: str = "corpus"  # corpus: the 2007 corpora; modern: present-day mail (modern-train)
     compromised_share: float = 0.04
     campaign_accounts: int = 12
     surprise_share: float = 0.04
+    fraud_share: float = 0.03  # modern only: accounts that are fraudulent sign-ups
 
 
 @dataclass(slots=True)
@@ -72,6 +88,13 @@ class Account:
     away: tuple[float, float] | None = None  # a holiday: no mail between these times
     episodes: list[dict[str, Any]] = field(default_factory=list)
     surprises: list[str] = field(default_factory=list)
+    # modern content: the templates the account sends (each a list of fills), how often, at what rate a day
+    templates: list[list[str]] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    rate: float = 0.0
+    fraudulent: bool = False
+    repo: str = ""  # modern content: the source project an application sender runs
+    send_day: int = 1  # a newsletter's campaign weekday (day % 7)
 
 
 @dataclass(slots=True)
@@ -417,28 +440,39 @@ class _Simulation:
         record["end"] = self.last_spam_at.get(record["identity"], start)
         account.episodes.append(record)
 
+    def episode_kinds(self, account: Account) -> list[str]:
+        """The compromises that fit an account: a PHP mailer for a script, contact phishing for a mailbox."""
+        kinds = (
+            ["php_mailer"]
+            if account.kind == "php_form"
+            else [k for k in EPISODES if k not in ("php_mailer", "campaign")]
+        )
+        if account.kind not in ("personal", "business", "new_account"):
+            kinds = [k for k in kinds if k != "contact_phishing"] or kinds
+        return kinds
+
+    def campaign_ok(self, account: Account) -> bool:
+        return account.kind != "php_form"
+
+    def fraud(self, accounts: list[Account]) -> None:
+        """Fraudulent sign-ups (modern content only)."""
+
     def run(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         accounts = self.accounts()
         for account in accounts:
             self.legitimate(account)
         n = len(accounts)
-        picked = self.rng.permutation(n)
+        picked = [i for i in self.rng.permutation(n) if not accounts[i].fraudulent]
         compromised = picked[: int(n * self.config.compromised_share)]
         surprised = picked[len(compromised) : len(compromised) + int(n * self.config.surprise_share)]
         for i in surprised:
             self.surprise(accounts[i])
         for i in compromised:
             account = accounts[i]
-            kinds = (
-                ["php_mailer"]
-                if account.kind == "php_form"
-                else [k for k in EPISODES if k not in ("php_mailer", "campaign")]
-            )
-            if account.kind not in ("personal", "business", "new_account"):
-                kinds = [k for k in kinds if k != "contact_phishing"] or kinds
             start = START + float(self.rng.uniform(0.5, max(1.0, self.config.days - 1.5))) * DAY
-            self.episode(account, str(self.rng.choice(kinds)), start)
-        campaign_pool = [a for j, a in enumerate(accounts) if j not in set(compromised) and a.kind != "php_form"]
+            self.episode(account, str(self.rng.choice(self.episode_kinds(account))), start)
+        self.fraud(accounts)
+        campaign_pool = [a for j, a in enumerate(accounts) if j not in set(compromised) and self.campaign_ok(a)]
         if campaign_pool and self.config.campaign_accounts:
             start = START + float(self.rng.uniform(1.0, max(1.5, self.config.days - 1))) * DAY
             candidates = self.pools.campaign or self.pools.spam
@@ -457,14 +491,363 @@ class _Simulation:
                 "episodes": a.episodes,
                 "surprises": a.surprises,
                 "active_from": START + a.start_day * DAY,
+                **({"repo": a.repo} if a.repo else {}),
             }
             for a in accounts
         ]
         return [e for _, _, e in self.events], truth
 
 
+# -- present-day content (content="modern")
+
+CONTENTS = ("corpus", "modern")
+MODERN_PREFIX = "modern/"  # a modern ref: "modern/" + the manifest's file, e.g. modern/ham/00012.eml
+MODERN_KINDS = {  # kind: share of accounts (fraudulent sign-ups take `fraud_share` on top, then all are rescaled)
+    "personal": 0.34,
+    "business": 0.10,
+    "shop": 0.10,
+    "saas": 0.10,
+    "newsletter": 0.04,
+    "wordpress": 0.08,
+    "php_form": 0.08,
+    "forum": 0.04,
+    "new_account": 0.09,
+}
+MODERN_EPISODES = (*EPISODES, "fraud_signup")
+PHP_KINDS = ("php_form", "wordpress")
+MAILBOX_KINDS = ("personal", "business", "new_account")
+WOOCOMMERCE_SCRIPT = "wp-content/plugins/woocommerce/includes/class-wc-emails.php"
+# The open-source projects each kind of sender runs (modern-train's `source_repo`).
+APP_REPOS = {
+    "shop": (
+        "woocommerce/woocommerce",
+        "opencart/opencart",
+        "saleor/saleor",
+        "Sylius/Sylius",
+        "solidusio/solidus",
+        "vendure-ecommerce/vendure",
+    ),
+    "saas": (
+        "bitwarden/server",
+        "dani-garcia/vaultwarden",
+        "pennersr/django-allauth",
+        "ory/kratos",
+        "authelia/authelia",
+        "firefly-iii/firefly-iii",
+        "kimai/kimai",
+        "redmine/redmine",
+        "osTicket/osTicket",
+        "freescout-helpdesk/freescout",
+        "matrix-org/synapse",
+    ),
+    "forum": ("phpbb/phpbb", "lobsters/lobsters"),
+    "newsletter": ("knadh/listmonk",),
+    "wordpress": ("woocommerce/woocommerce",),
+}
+LISTMONK_CAMPAIGNS = ("default.tpl", "default-archive.tpl")  # the campaign layouts; the rest is daily mail
+NEW_APP_SHARE = 0.4  # of legitimate new accounts: a new shop or app warming up rather than a new mailbox
+POOLS = ("eval", "train")
+
+
+def modern_pool_of(manifest: pd.DataFrame) -> pd.Series:
+    """`eval` or `train` per message of modern-train (aligned with `manifest`, from `load_manifest`).
+
+    The split is the shipped model's own (`training.modern_corpus.template_pools`): ham by
+    template (all fills of one `source_path` go together), a quarter of each source
+    project's templates (at least one) held out; spam by file, a quarter held out. The
+    shipped model never trains on `eval`, so an `eval` simulation sends templates it
+    never saw, and every project is in both pools.
+    """
+    from training.modern_corpus import template_pools
+
+    return manifest["template"].map(template_pools(manifest))
+
+
+def _rank(key: str) -> str:
+    return hashlib.sha256(f"outguard-sim:{key}".encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class ModernPools(ContentPools):
+    """Corpus ham for mailboxes (`ham`), modern spam (`spam`, `campaign`, `phishing`) and modern templates."""
+
+    templates: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # source_repo: template: refs
+    phishing: list[str] = field(default_factory=list)
+    newsletters: list[str] = field(default_factory=list)  # listmonk campaigns (LISTMONK_CAMPAIGNS)
+
+
+def modern_pools(frame: pd.DataFrame, root: Path, pool: str) -> ModernPools:
+    """The pool's share of modern-train (`modern_pool_of`), and the corpus pool's ham for personal mail."""
+    from training.modern_corpus import load_manifest, modern_parsed
+
+    if pool not in POOLS:
+        raise ValueError(f"pool is one of {POOLS}")
+    manifest = load_manifest(root)
+    chosen = manifest[modern_pool_of(manifest) == pool]
+    refs = MODERN_PREFIX + chosen["file"]
+    ham, spam = chosen["label"] == 0, chosen["label"] == 1
+    templates: dict[str, dict[str, list[str]]] = {}
+    for (repo, template), group in chosen[ham].groupby(["source_repo", "template"], sort=True):
+        templates.setdefault(str(repo), {})[str(template)] = sorted(MODERN_PREFIX + group["file"])
+    listmonk = chosen[ham & (chosen["source_repo"] == "knadh/listmonk") & (chosen["category"] == "newsletter")]
+    campaigns = listmonk[listmonk["source_path"].str.endswith(LISTMONK_CAMPAIGNS)]
+    if campaigns.empty:  # the pool holds no campaign layout: its opt-in confirmation stands in (see the README)
+        campaigns = listmonk
+    # A campaign carries a message a fingerprint can match (see CAMPAIGN_MIN_WORDS): the first
+    # 40 wordy spam files in hash order, not the whole pool, which would mean parsing thousands.
+    wordy: list[str] = []
+    for file in sorted(chosen.loc[spam, "file"], key=_rank):
+        if len(modern_parsed(root, file, 1).text.split()) >= CAMPAIGN_MIN_WORDS:
+            wordy.append(MODERN_PREFIX + file)
+            if len(wordy) == 40:
+                break
+    return ModernPools(
+        ham=content_pools(frame, pool).ham,
+        spam=sorted(refs[spam]),
+        campaign=sorted(wordy),
+        templates=templates,
+        phishing=sorted(refs[spam & (chosen["category"] == "phishing")]),
+        newsletters=sorted(MODERN_PREFIX + campaigns["file"]),
+    )
+
+
+def load_pools(config: SimulationConfig, data_dir: Path, cache_dir: Path) -> ContentPools:
+    """The content a simulation with `config` draws from (the corpora, and modern-train for modern)."""
+    from training.dataset import build_corpus_dataset
+
+    frame = build_corpus_dataset(data_dir, cache_dir)
+    if config.content == "corpus":
+        return content_pools(frame, config.pool)
+    from training.modern_corpus import ensure_modern_extracted
+
+    return modern_pools(frame, ensure_modern_extracted(data_dir, cache_dir), config.pool)
+
+
+class _ModernSimulation(_Simulation):
+    pools: ModernPools
+
+    def _addresses(self, n: int, domain_pool: int = 400) -> list[str]:
+        users = self.rng.integers(0, 10**6, size=n)
+        domains = self.rng.integers(0, domain_pool, size=n)
+        return [f"user{u}@domain{d}.example" for u, d in zip(users, domains, strict=True)]
+
+    def _log_uniform(self, low: float, high: float) -> float:
+        return float(np.exp(self.rng.uniform(np.log(low), np.log(high))))
+
+    def accounts(self) -> list[Account]:
+        rng = self.rng
+        kinds = [*MODERN_KINDS, "fraud_signup"]
+        shares = np.array([*MODERN_KINDS.values(), self.config.fraud_share])
+        chosen = rng.choice(len(kinds), size=self.config.accounts, p=shares / shares.sum())
+        late_start = max(1, self.config.days - 1)
+        accounts = []
+        for i, k in enumerate(chosen):
+            fraudulent = kinds[k] == "fraud_signup"
+            kind = "new_account" if fraudulent else kinds[k]  # to the provider, a sign-up like any other
+            if kind == "php_form":
+                name = f"site{i}:/home/site{i}/public_html/contact.php"
+            elif kind == "wordpress":
+                name = f"site{i}:/home/site{i}/public_html/{WOOCOMMERCE_SCRIPT}"
+            else:
+                name = f"u{i}@host{i % 97}.example"
+            contacts = {"personal": 25, "business": 200, "php_form": 2, "new_account": 30}.get(kind, 0)
+            if kind == "newsletter":
+                contacts = int(rng.integers(300, 3_000))
+            elif kind == "forum":
+                contacts = int(rng.integers(150, 2_000))
+            account = Account(
+                name=name,
+                relay=f"relay-{i % self.config.relays}",
+                kind=kind,
+                client_ip=self._ip(),
+                contacts=[] if fraudulent else self._addresses(contacts),
+                start_day=int(rng.integers(0, late_start)) if kind == "new_account" else 0,
+                fraudulent=fraudulent,
+            )
+            if not fraudulent:
+                self.equip(account)
+            accounts.append(account)
+        return accounts
+
+    def equip(self, account: Account) -> None:
+        """An application sender's project and its own few templates (2-5; a forum 3-8; a newsletter all)."""
+        rng = self.rng
+        repos = APP_REPOS.get(account.kind, ())
+        rate = {"shop": (20, 300), "saas": (20, 300), "wordpress": (3, 60), "forum": (10, 150), "newsletter": (1, 4)}
+        bounds = rate.get(account.kind)
+        if account.kind == "new_account" and rng.random() < NEW_APP_SHARE:
+            repos, bounds = APP_REPOS["shop"] + APP_REPOS["saas"], (5, 40)
+        repos = tuple(r for r in repos if self.pools.templates.get(r))
+        if not repos or bounds is None:
+            return
+        account.repo = repos[int(rng.integers(0, len(repos)))]
+        templates = self.pools.templates[account.repo]
+        names = sorted(templates)
+        if account.kind == "newsletter":
+            names = [n for n in names if not n.endswith(LISTMONK_CAMPAIGNS)]  # daily: opt-in confirmations and such
+            picked = list(range(len(names)))
+            account.send_day = int(rng.integers(0, 7))  # the weekday of its campaign
+        else:
+            low, high = (3, 9) if account.kind == "forum" else (2, 6)
+            size = min(int(rng.integers(low, high)), len(names))
+            picked = sorted(int(j) for j in rng.choice(len(names), size=size, replace=False))
+        account.templates = [templates[names[j]] for j in picked]
+        account.weights = [float(w) for w in rng.dirichlet(np.ones(len(picked)))] if picked else []
+        account.rate = self._log_uniform(*bounds)
+
+    # -- legitimate traffic
+    def _template_ref(self, account: Account) -> str:
+        fills = account.templates[int(self.rng.choice(len(account.templates), p=account.weights))]
+        return fills[int(self.rng.integers(0, len(fills)))]
+
+    def _recipient(self, account: Account) -> str:
+        """A forum writes to its members; a shop to customers, a third of them returning."""
+        if account.kind == "forum" or (account.contacts and self.rng.random() < 0.3):
+            return account.contacts[int(self.rng.integers(0, len(account.contacts)))]
+        customer = self._address(4_000)
+        if len(account.contacts) < 5_000:
+            account.contacts.append(customer)
+        return customer
+
+    def app_message(self, account: Account, at: float) -> None:
+        self.message(
+            account,
+            at,
+            [self._recipient(account)],
+            False,
+            content_ref=self._template_ref(account),
+            invalid_share=0.01,
+            reply_rate=0.02,
+            open_rate=0.3 if account.kind == "forum" else 0.4,
+        )
+
+    def campaign_send(self, account: Account, at: float, recipients: list[str], *, first: bool = False) -> None:
+        """One listmonk campaign to a list, in chunks of 50 recipients, the same content to all."""
+        if not self.pools.newsletters:
+            return
+        ref = self.pools.newsletters[int(self.rng.integers(0, len(self.pools.newsletters)))]
+        for chunk in range(0, len(recipients), 50):
+            self.message(
+                account,
+                at + chunk * (1 if first else 2),
+                recipients[chunk : chunk + 50],
+                False,
+                content_ref=ref,
+                invalid_share=0.03 if first else 0.01,
+                complaint_rate=0.002 if first else 0.001,
+                open_rate=0.2 if first else 0.25,
+                unsubscribe_rate=0.002,
+            )
+
+    def legitimate(self, account: Account) -> None:
+        if account.fraudulent:
+            return
+        if not account.templates and account.kind != "newsletter":
+            super().legitimate(account)  # mailboxes and contact forms: the corpus ham, as with corpus content
+            return
+        rng = self.rng
+        for day in range(account.start_day, self.config.days):
+            if account.kind == "newsletter":
+                if day % 7 == account.send_day:
+                    self.campaign_send(account, START + day * DAY + 9 * HOUR, account.contacts)
+                if account.templates:  # opt-in confirmations and the like
+                    for _ in range(rng.poisson(account.rate)):
+                        self.app_message(account, self._any_time(day))
+                continue
+            rate = account.rate * (1.0 if (day % 7) < 5 else 0.7)
+            if account.kind == "new_account":
+                rate = account.rate * min(1.0, (day - account.start_day + 1) / 4)
+            for _ in range(rng.poisson(rate)):
+                at = self._office_time(day) if rng.random() < 0.6 else self._any_time(day)
+                self.app_message(account, at)
+
+    def surprise(self, account: Account) -> None:
+        if account.kind == "newsletter":
+            account.surprises.append("newsletter_first_send")
+            day = int(self.rng.integers(1, max(2, self.config.days)))
+            self.campaign_send(account, START + day * DAY + 10 * HOUR, self._addresses(3_000, 2_000), first=True)
+        elif account.templates:  # a sale, a launch, a wave of password resets
+            account.surprises.append("transactional_spike")
+            day = int(self.rng.integers(1, max(2, self.config.days)))
+            at = START + day * DAY + 12 * HOUR
+            for k in range(600):
+                self.app_message(account, at + k * 6)
+        else:
+            super().surprise(account)
+
+    # -- compromises and fraud
+    def episode_kinds(self, account: Account) -> list[str]:
+        if account.kind in PHP_KINDS:
+            return ["php_mailer"]
+        kinds = ["stolen_password_burst", "slow_drip"]
+        if account.kind in MAILBOX_KINDS and account.contacts:
+            kinds.append("contact_phishing")
+        return kinds
+
+    def campaign_ok(self, account: Account) -> bool:
+        return account.kind not in PHP_KINDS and not account.fraudulent
+
+    def fraud(self, accounts: list[Account]) -> None:
+        for account in accounts:
+            if account.fraudulent:
+                self.episode(account, "fraud_signup", self._any_time(account.start_day))
+
+    def episode(self, account: Account, kind: str, start: float, campaign_ref: str | None = None) -> None:
+        if kind not in ("contact_phishing", "fraud_signup"):
+            super().episode(account, kind, start, campaign_ref)
+            return
+        rng = self.rng
+        episode_id = f"{kind}:{account.name}"
+        if kind == "contact_phishing":  # one present-day lure to the whole address book, edited per copy
+            phishing = self.pools.phishing or self.pools.spam
+            lure = phishing[int(rng.integers(0, len(phishing)))]
+            for k, contact in enumerate(account.contacts):
+                self.message(
+                    account,
+                    start + k * float(rng.uniform(20, 120)),
+                    [contact],
+                    True,
+                    content_ref=lure,
+                    episode=episode_id,
+                    invalid_share=0.02,
+                    complaint_rate=0.03,
+                    mutate=True,
+                )
+        else:  # a fraudulent sign-up: spam from the first message, mostly a few messages edited per copy
+            spam = self.pools.spam
+            bases = [spam[int(rng.integers(0, len(spam)))] for _ in range(int(rng.integers(1, 4)))]
+            ips = [account.client_ip, *(self._ip() for _ in range(int(rng.integers(0, 4))))]
+            invalid_share = float(rng.uniform(0.2, 0.5))
+            mean_gap = float(rng.uniform(5, 120))
+            at = start
+            for _ in range(int(rng.integers(60, 600))):
+                repeat = bool(rng.random() < 0.8)
+                self.message(
+                    account,
+                    at,
+                    self._addresses(int(rng.integers(1, 25)), 5_000),
+                    True,
+                    client_ip=ips[int(rng.integers(0, len(ips)))],
+                    content_ref=bases[int(rng.integers(0, len(bases)))] if repeat else None,
+                    episode=episode_id,
+                    invalid_share=invalid_share,
+                    complaint_rate=0.01,
+                    mutate=repeat,
+                )
+                at += mean_gap * float(rng.exponential(1.0))
+        account.episodes.append(
+            {"kind": kind, "start": start, "identity": account.name, "end": self.last_spam_at.get(account.name, start)}
+        )
+
+
 def simulate(config: SimulationConfig, pools: ContentPools) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(time-ordered events, per-account truth)."""
+    if config.content not in CONTENTS:
+        raise ValueError(f"content is one of {CONTENTS}")
+    if config.content == "modern":
+        if not isinstance(pools, ModernPools):
+            raise TypeError("modern content draws from modern_pools(...) (see load_pools)")
+        return _ModernSimulation(config, pools).run()
     return _Simulation(config, pools).run()
 
 
@@ -495,7 +878,8 @@ def write_log(
     with (folder / "events.jsonl").open("wb") as handle:
         handle.writelines(iter_jsonl(events))
     meta = {"accounts": config.accounts, "days": config.days, "relays": config.relays, "seed": config.seed}
+    content = {"content": config.content} if config.content != "corpus" else {}  # corpus logs stay as they were
     (folder / "truth.json").write_text(
-        json.dumps({"config": {**meta, "pool": config.pool}, "accounts": truth}, indent=1)
+        json.dumps({"config": {**meta, "pool": config.pool, **content}, "accounts": truth}, indent=1)
     )
     return folder
