@@ -89,9 +89,6 @@ def build_modern_dataset(data_dir: Path, cache_dir: Path, jobs: int = -1, use_ca
     return frame
 
 
-def shipped_training_rows(
-    corpus: pd.DataFrame, data_dir: Path, cache_dir: Path, use_cache: bool = True
-) -> pd.DataFrame:
+def shipped_training_rows(corpus: pd.DataFrame, modern: pd.DataFrame) -> pd.DataFrame:
     """The corpora plus modern-train less its `eval` pool: what the shipped model learns from."""
-    modern = build_modern_dataset(data_dir, cache_dir, use_cache=use_cache)
     return pd.concat([corpus, modern[modern["pool"] != "eval"]], ignore_index=True)

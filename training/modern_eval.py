@@ -16,6 +16,7 @@ out-of-fold probability, and the figures below are taken over those:
 
 from __future__ import annotations
 
+import time
 import zlib
 from dataclasses import replace
 from typing import Any
@@ -111,5 +112,6 @@ def summarise(modern: pd.DataFrame, probabilities: np.ndarray, hold: float) -> d
 def grouped_evaluation(
     corpus: pd.DataFrame, modern: pd.DataFrame, config: TrainConfig, console: Console | None = None
 ) -> dict[str, Any]:
+    started = time.perf_counter()
     probabilities = out_of_fold_probabilities(corpus, modern, config, console)
-    return summarise(modern, probabilities, config.thresholds["hold"])
+    return summarise(modern, probabilities, config.thresholds["hold"]) | {"seconds": time.perf_counter() - started}

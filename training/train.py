@@ -18,6 +18,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from sklearn.metrics import roc_auc_score
 
 from features.spec import CONTENT_FEATURES, FEATURE_INDEX, FEATURE_SPEC_VERSION
 from features.text_model import fit_text_model, out_of_fold_scores, vectorize
@@ -61,6 +62,35 @@ class TrainConfig:
     modern_ham_weight: float = 4.0
     modern_spam_weight: float = 1.0
     evaluate_modern: bool = True  # score the small hand-written check set (training.modern_mail)
+    drop_era_flips: bool = False  # leave out features whose evidence points opposite ways in 2007 and today
+    exclude_features: frozenset[str] = frozenset()  # for ablations: measure what a feature is worth
+
+
+# A feature whose evidence points one way in the 2007 corpora and the other way in
+# present-day mail says more about how each corpus was made (or about the era) than
+# about spam: the model must not learn either direction. Measured per training run
+# by each feature's own ROC AUC on both; a flip counts when both sides are clear of 0.5.
+ERA_FLIP_MARGIN = 0.05
+
+
+def era_flipped_features(frame: pd.DataFrame, candidates: list[str]) -> list[str]:
+    """Content features whose own AUC is above 0.5 + margin in one era and below 0.5 - margin in the other."""
+    modern = frame["source"].eq("modern").to_numpy()
+    train = frame["split"].eq("train").to_numpy()
+    labels = frame["label"].to_numpy()
+    if not modern.any():
+        return []
+    flipped = []
+    for name in candidates:
+        values = frame[name].to_numpy()
+        aucs = []
+        for era in (~modern & train, modern & train):
+            y, x = labels[era], values[era]
+            aucs.append(roc_auc_score(y, x) if np.unique(x).size > 1 and np.unique(y).size > 1 else 0.5)
+        old, new = (a - 0.5 for a in aucs)
+        if old * new < 0 and min(abs(old), abs(new)) > ERA_FLIP_MARGIN:
+            flipped.append(name)
+    return flipped
 
 
 def row_weights(frame: pd.DataFrame, config: TrainConfig) -> np.ndarray:
@@ -116,7 +146,13 @@ def train_model(frame: pd.DataFrame, config: TrainConfig, console: Console | Non
     # The corpora carry no account context, so this model reads content features only,
     # less those that mark the corpora's era rather than spam (see ERA_CONFOUNDED).
     # Signature matches are replayed in delivery order (`training.signature_features`).
-    model_features = [name for name in CONTENT_FEATURES if name not in ERA_CONFOUNDED] + list(SIGNATURE_COLUMNS)
+    candidates = [name for name in CONTENT_FEATURES if name not in ERA_CONFOUNDED | config.exclude_features]
+    flipped = (
+        era_flipped_features(frame, [n for n in candidates if n != "text_model_score"]) if config.drop_era_flips else []
+    )
+    if flipped:
+        console.log(f"left out, their evidence flips between 2007 and today: {', '.join(flipped)}")
+    model_features = [name for name in candidates if name not in flipped] + list(SIGNATURE_COLUMNS)
     columns = [FEATURE_INDEX[name] for name in model_features]
     x_train = corpus_rows(train, oof).rows[:, columns]
 
@@ -168,6 +204,7 @@ def train_model(frame: pd.DataFrame, config: TrainConfig, console: Console | Non
         "signatures": "sig_* features from a walk through the serving signature database in delivery order: "
         "each message matched against spam seen at least 100 messages before it (training.signature_features)",
         "weights": {"modern_ham": config.modern_ham_weight, "modern_spam": config.modern_spam_weight},
+        "era_flipped_features": flipped,
         "rows": {s: int((frame["split"] == s).sum()) for s in ("train", "calibration", "test")},
         "spam_rows": {s: int(frame.loc[frame["split"] == s, "label"].sum()) for s in ("train", "calibration", "test")},
         "modern_rows": {
