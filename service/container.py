@@ -11,7 +11,6 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from service.decision import DecisionPolicy
 from service.feedback.ingest import FeedbackIngestor
 from service.fingerprints.service import FingerprintService
 from service.metrics import Metrics
@@ -176,14 +175,7 @@ def build_container(settings: Settings) -> Container:
         index=index,
         events=events,
         metrics=metrics,
-        policy=DecisionPolicy(
-            hold_threshold=settings.hold_threshold,
-            reject_threshold=settings.reject_threshold,
-            lock_threshold=settings.lock_threshold,
-            compromised_spam_share=settings.compromised_spam_share,
-            clean_spam_share=settings.clean_spam_share,
-            engagement_credit=settings.engagement_credit,
-        ),
+        policy=settings.decision_policy,
         recipient_hash_key=recipient_hash_key(settings),
         reasons=settings.reasons,
         rules=rules,

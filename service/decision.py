@@ -17,10 +17,50 @@ Feedback adds the engagement log-likelihood ratio (`features.engagement`): bounc
 invalid recipients and complaints raise it, deliveries and replies lower it.
 `account_risk` is the total as a share of the lock threshold.
 
+Repeated content is one piece of evidence, not N. The CUSUM assumes messages are
+independent evidence; copies of one template are not (the model's error on a template
+repeats on every copy), so a shop sending its order confirmation to forty customers
+would otherwise be locked for the model's one mistake, forty times over. Each account
+remembers its templates (`service.fingerprints.templates`: near-copies share at least
+8 of 24 compact MinHash values, measured there), and a message's evidence (`llr`) counts
+by the standing of its content (`standing_of`, `counted_evidence`):
+
+- a copy of a template that is the account's normal, first seen at least
+  `baseline_age_s` (24 h) before it, or vouched for by an admin (known-good): only
+  min(0, llr). It is what the account always sends.
+- a copy of a template while the account is NEW (first seen less than
+  `baseline_age_s` ago, or fewer than `established_min_messages` (10) messages scored)
+  and nothing in its behaviour corroborates spam: ham counts, spam only by how far it
+  exceeds the template's highest evidence so far (`peak`), so one template is at most
+  one piece of evidence (log(pi/eps) = 3.4 nats), below the lock threshold.
+- a copy of a template that is new (first seen within `baseline_age_s`) from an
+  ESTABLISHED account, or from a new account whose behaviour corroborates spam: full
+  llr per copy. A hijack is a change from the account's own baseline, and a run of one
+  spam through a new account that is also spraying recipients is a run.
+- content matching no template, or too short to fingerprint: full llr, and it becomes
+  a new template (the least recently seen of 16 is forgotten).
+
+Cold start: a NEW account is never recommended for locking on content evidence alone;
+a lock also needs corroboration (`corroboration`): engagement evidence of at least
+`corroborating_engagement` (1 nat: invalid recipients, hard bounces, complaints), at
+least `corroborating_recipients_1h` (100) recipients, `corroborating_domains_1h` (20)
+distinct recipient domains or `corroborating_client_ips_1h` (5) client addresses (a
+password used from many places) in the last hour, a near-copy of known spam, a
+spam-like campaign that is active, or an admin's `compromised` verdict. Established
+accounts need none.
+
+Known spam counts on its own: a near-copy (similarity >= `known_spam_min_similarity`,
+0.6) of a signature in the known-spam database has its probability raised to
+`known_spam_probability` (0.995, over the hold threshold: it is held), worth
+log((0.3*199 + 0.7) / (0.01*199 + 0.99)) = 3.0 nats, unless the content is a template
+the account has as known-good. The standings above then apply to that evidence.
+
 Actions, mildest first: accept; defer (temporary failure, the relay retries) when the
 account is recommended for locking but this message is not spam-like; hold (quarantine)
 for a message over `hold_threshold`; reject for a message over `reject_threshold` from
 an account recommended for locking.
+
+The rule, with its numbers and the measurements behind them, is in docs/decision.md.
 """
 
 from __future__ import annotations
@@ -29,6 +69,9 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
+
+from service.fingerprints.templates import TemplateMatch, TemplateMemory
 from service.stores import AccountState
 
 
@@ -47,6 +90,16 @@ class DecisionPolicy:
     compromised_spam_share: float = 0.3
     clean_spam_share: float = 0.01
     engagement_credit: float = 4.0
+    # Templates and the cold start (see the module docstring and docs/decision.md).
+    baseline_age_s: float = 86_400.0
+    established_min_messages: int = 10
+    corroborating_engagement: float = 1.0
+    corroborating_recipients_1h: float = 100.0
+    corroborating_domains_1h: float = 20.0
+    corroborating_client_ips_1h: float = 5.0
+    # Known spam: a near-copy of a signature is held however the model scored it.
+    known_spam_probability: float = 0.995
+    known_spam_min_similarity: float = 0.6
 
     @property
     def message_evidence_max(self) -> float:
@@ -61,6 +114,25 @@ class Decision:
     lock_recommended: bool
 
 
+class Standing(StrEnum):
+    """How a message's content stands in its account's own history: what its evidence counts for."""
+
+    NEW_CONTENT = "new_content"  # matches no template (or has no fingerprint): full evidence, remembered
+    NORMAL = "normal"  # a template of the account's baseline, or known-good: only evidence for ham
+    REPEAT = "repeat"  # a template of a new, uncorroborated account: only what exceeds its peak
+    NEW_TEMPLATE = "new_template"  # a recent template of an established or corroborated account: full evidence
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """What the account's windows say about it, as the message's feature row saw them."""
+
+    history_seconds: float  # since the account was first seen
+    recipients_1h: float
+    recipient_domains_1h: float
+    client_ips_1h: float = 0.0
+
+
 def message_evidence(probability: float, prior_log_odds: float, policy: DecisionPolicy) -> float:
     """Log-likelihood ratio, compromised against clean, of one message with this spam probability."""
     p = min(max(probability, 1e-9), 1 - 1e-9)
@@ -72,6 +144,86 @@ def message_evidence(probability: float, prior_log_odds: float, policy: Decision
 def lock_threshold_for(target_per_1000_account_days: float, messages_per_account_day: float) -> float:
     """CUSUM level whose mean run to a false alarm is 1000 / target account-days of mail."""
     return math.log(messages_per_account_day * 1000.0 / target_per_1000_account_days)
+
+
+def is_established(history_seconds: float, messages_scored: int, policy: DecisionPolicy) -> bool:
+    """An account with a day of history and a few messages has a baseline to deviate from."""
+    return history_seconds >= policy.baseline_age_s and messages_scored >= policy.established_min_messages
+
+
+def corroboration(
+    behaviour: Behaviour,
+    engagement: float,
+    policy: DecisionPolicy,
+    *,
+    known_spam: bool = False,
+    spam_campaign: bool = False,
+    compromised_verdict: bool = False,
+) -> tuple[str, ...]:
+    """What, besides content, says a new account is sending spam (empty: nothing does)."""
+    found = []
+    if engagement >= policy.corroborating_engagement:
+        found.append(f"bounces and complaints worth {engagement:.1f} nats")
+    if behaviour.recipients_1h >= policy.corroborating_recipients_1h:
+        found.append(f"{behaviour.recipients_1h:.0f} recipients in the last hour")
+    if behaviour.recipient_domains_1h >= policy.corroborating_domains_1h:
+        found.append(f"{behaviour.recipient_domains_1h:.0f} recipient domains in the last hour")
+    if behaviour.client_ips_1h >= policy.corroborating_client_ips_1h:
+        found.append(f"{behaviour.client_ips_1h:.0f} client addresses in the last hour")
+    if known_spam:
+        found.append("a near-copy of known spam")
+    if spam_campaign:
+        found.append("an active spam-like campaign")
+    if compromised_verdict:
+        found.append("an admin's compromised verdict")
+    return tuple(found)
+
+
+def standing_of(
+    match: TemplateMatch | None, at: float, *, established: bool, corroborated: bool, policy: DecisionPolicy
+) -> Standing:
+    if match is None:
+        return Standing.NEW_CONTENT
+    if match.known_good or at - match.first_seen >= policy.baseline_age_s:
+        return Standing.NORMAL
+    if established or corroborated:
+        return Standing.NEW_TEMPLATE
+    return Standing.REPEAT
+
+
+def counted_evidence(evidence: float, standing: Standing, peak: float = 0.0) -> float:
+    """What a message's evidence (nats) adds to its account's CUSUM, given its content's standing."""
+    if standing is Standing.NORMAL:
+        return min(0.0, evidence)
+    if standing is Standing.REPEAT:
+        # Ham still counts; spam only by how far it exceeds the template's copies so far.
+        return evidence if evidence <= 0.0 else max(0.0, evidence - peak)
+    return evidence
+
+
+def content_evidence(
+    state: AccountState,
+    values: np.ndarray | None,
+    evidence: float,
+    at: float,
+    *,
+    established: bool,
+    corroborated: bool,
+    policy: DecisionPolicy,
+) -> tuple[float, Standing]:
+    """The message's counted evidence and its content's standing; the content is remembered in `state`.
+
+    `values` are the message's compact template values (`templates.compact_values`), or
+    None for a message too short to fingerprint.
+    """
+    memory = TemplateMemory.decode(state.templates)
+    match = memory.match(values)
+    standing = standing_of(match, at, established=established, corroborated=corroborated, policy=policy)
+    counted = counted_evidence(evidence, standing, match.peak if match is not None else 0.0)
+    if values is not None:
+        memory.observe(values, match, at, evidence)
+        state.templates = memory.encode()
+    return counted, standing
 
 
 def update_account(state: AccountState, evidence: float, timestamp: float) -> None:
@@ -92,10 +244,19 @@ def account_risk(evidence: float, lock_threshold: float) -> float:
     return min(1.0, evidence / lock_threshold)
 
 
-def decide(probability: float, state: AccountState, policy: DecisionPolicy, engagement: float = 0.0) -> Decision:
+def decide(
+    probability: float,
+    state: AccountState,
+    policy: DecisionPolicy,
+    engagement: float = 0.0,
+    *,
+    may_lock: bool = True,
+) -> Decision:
+    """The message's action and the account's risk; `may_lock` False (a new account nothing
+    corroborates) keeps the evidence and the risk but recommends no lock."""
     evidence = account_evidence(state, engagement, policy)
     risk = account_risk(evidence, policy.lock_threshold)
-    lock_recommended = evidence >= policy.lock_threshold
+    lock_recommended = may_lock and evidence >= policy.lock_threshold
     # Graduated: one extreme message from an account with no other evidence is held for a
     # person to look at; only an account already recommended for locking gets bounces.
     if probability >= policy.reject_threshold and lock_recommended:

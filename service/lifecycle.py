@@ -10,6 +10,12 @@ caller records in the audit log (durably) and announces to webhooks.
   `temporary_lock_s`, counted; the lock expires at the first message after it.
 - **locked** (permanent) at the `permanent_after`-th automatic lock, or by an admin.
 - Allowlisted accounts are scored and reported but never rate-limited or auto-locked.
+- An admin who unlocks with a reason, or calls the account clean, vouches for its mail:
+  every template it has sent becomes known-good (`service.decision`: their copies
+  count only as ham), so the same mail does not lock it again. The transition's
+  details carry how many templates (and the templates, which the ledger restores at
+  start), and the signatures learned from its own locks, for the caller to take down
+  those that are copies of them.
 
 Times are message timestamps on the scoring path (replays are exact) and the wall
 clock for admin actions.
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.decision import Action, Decision
+from service.fingerprints.templates import TemplateMemory
 from service.settings import RelayPolicy
 from service.stores import AccountState, AccountStatus
 
@@ -143,13 +150,36 @@ def admin_lock(state: AccountState, actor: str, reason: str, at: float, duration
 
 
 def admin_unlock(state: AccountState, actor: str, reason: str, at: float) -> Transition:
+    """Unlocked, evidence starting over; with a reason, the admin also vouches for the account's templates."""
     state.locked_until, state.lock_reason, state.evidence = None, None, 0.0
-    return _move(state, AccountStatus.ACTIVE, "unlocked", actor, reason, at)
+    vouched = vouch_for_templates(state) if reason.strip() else {}
+    return _move(state, AccountStatus.ACTIVE, "unlocked", actor, reason, at, **vouched)
+
+
+def admin_vouch(state: AccountState, actor: str, reason: str, at: float) -> Transition:
+    """A clean verdict on an account that is not locked: its templates become known-good all the same."""
+    return _move(state, state.status, "vouched", actor, reason, at, **vouch_for_templates(state))
+
+
+def vouch_for_templates(state: AccountState) -> dict[str, Any]:
+    """Every remembered template known-good; the lock-learned signatures handed over (details for the audit log)."""
+    memory = TemplateMemory.decode(state.templates)
+    trusted = memory.trust_all()
+    state.templates = memory.encode()
+    lock_signatures, state.lock_signatures = list(state.lock_signatures), ()
+    state.compromised_verdict = False
+    # The templates themselves go to the audit log too: the ledger restores them at start.
+    return {
+        "templates_known_good": trusted,
+        "lock_signatures": lock_signatures,
+        "known_good_templates": state.templates,
+    }
 
 
 def admin_reset(state: AccountState, actor: str, reason: str, at: float) -> Transition:
     state.locked_until, state.lock_reason, state.evidence = None, None, 0.0
     state.temporary_locks, state.tokens, state.tokens_at = 0, None, None
+    state.compromised_verdict = False
     return _move(state, AccountStatus.ACTIVE, "reset", actor, reason, at)
 
 

@@ -2,7 +2,10 @@
 
 A batch goes through in order: each message is parsed and counted in its account's
 windows, then one model call scores every row, then decisions are taken in order so
-that a message sees the evidence of the messages before it.
+that a message sees the evidence of the messages before it. A near-copy of known spam
+is floored at the policy's `known_spam_probability`, and each message's evidence counts
+by how its content stands in its account's own templates (`service.decision`), all in
+the one read-change-write of the account's state the message takes anyway.
 """
 
 from __future__ import annotations
@@ -27,15 +30,22 @@ from features.vector import ContentVector, assemble, content_vector
 from models.bundle import ModelBundle, Prediction
 from service.decision import (
     Action,
+    Behaviour,
     Decision,
     DecisionPolicy,
+    Standing,
     account_evidence,
+    content_evidence,
+    corroboration,
     decide,
+    is_established,
     locked_decision,
     message_evidence,
     update_account,
 )
 from service.fingerprints.service import NO_LOOKUP, ContentLookup, FingerprintService
+from service.fingerprints.signatures import SignatureMatch
+from service.fingerprints.templates import TemplateMemory, compact_values
 from service.identity import Identity, resolve_identity
 from service.lifecycle import Transition, after_decision, expire_lock, lock_has_expired
 from service.metrics import Metrics
@@ -117,6 +127,8 @@ class _Pending:
     content: ContentLookup = NO_LOOKUP
     fingerprint: bytes | None = None
     shadow: tuple[str, float] | None = None  # (shadow model version, its probability)
+    template_values: np.ndarray | None = None  # the part of the fingerprint the account's templates keep
+    known_spam: SignatureMatch | None = None  # a near-copy of known spam, not one of the account's known-good
 
 
 class Scorer:
@@ -251,24 +263,80 @@ class Scorer:
             )
         engagement = await self.engagement.snapshot(key)
         row = assemble(content.content.features, content.text_model_score, snapshot, engagement, lookup.features)
+        values = compact_values(fingerprint) if fingerprint is not None else None
         return _Pending(
-            message, key, identity, row, hashed, engagement_evidence(engagement), subject, lookup, stored_fingerprint
+            message,
+            key,
+            identity,
+            row,
+            hashed,
+            engagement_evidence(engagement),
+            subject,
+            lookup,
+            stored_fingerprint,
+            template_values=values,
+            known_spam=self._known_spam(lookup, state, values),
         )
+
+    def _known_spam(
+        self, lookup: ContentLookup, state: AccountState, values: np.ndarray | None
+    ) -> SignatureMatch | None:
+        """The signature this message is a near-copy of, unless it is a template the account has as known-good.
+
+        Read from the state as the message found it: only an admin's verdict makes a
+        template known-good, never a message of the same batch.
+        """
+        match = lookup.match
+        if match is None or match.similarity < self.policy.known_spam_min_similarity:
+            return None
+        template = TemplateMemory.decode(state.templates).match(values)
+        return None if template is not None and template.known_good else match
 
     async def _finish(self, item: _Pending, bundle: ModelBundle, prediction: Prediction, index: int) -> ScoreResult:
         probability = float(prediction.probabilities[index])
         assert item.row is not None
         reasons = self._reasons(bundle, item.row, prediction.contributions[index])
+        if item.known_spam is not None:
+            probability, reasons = self._floor_known_spam(item.known_spam, probability, reasons)
         evidence = message_evidence(probability, bundle.prior_log_odds, self.policy)
         campaign = self.fingerprints.campaign_evidence(item.content, probability) if self.fingerprints else 0.0
+        spam_campaign = self.fingerprints is not None and self.fingerprints.spam_like_campaign(item.content)
         at, relay_policy = item.message.timestamp, self.policies(item.key.relay)
+        behaviour = _behaviour(item.row)
 
         def account_step(state: AccountState) -> tuple[Decision, list[Transition], str] | None:
             if state.locked:  # locked while this batch was being scored
                 return None
-            update_account(state, evidence + campaign, at)
-            decision = decide(probability, state, self.policy, item.engagement_evidence)
-            why = _risk_reason(decision, probability, reasons, item.content if campaign > 0 else None)
+            established = is_established(behaviour.history_seconds, state.messages_scored, self.policy)
+            corroborated_by = corroboration(
+                behaviour,
+                item.engagement_evidence,
+                self.policy,
+                known_spam=item.known_spam is not None,
+                spam_campaign=spam_campaign,
+                compromised_verdict=state.compromised_verdict,
+            )
+            counted, standing = content_evidence(
+                state,
+                item.template_values,
+                evidence,
+                at,
+                established=established,
+                corroborated=bool(corroborated_by),
+                policy=self.policy,
+            )
+            update_account(state, counted + campaign, at)
+            may_lock = established or bool(corroborated_by)
+            decision = decide(probability, state, self.policy, item.engagement_evidence, may_lock=may_lock)
+            why = _risk_reason(
+                decision,
+                probability,
+                reasons,
+                item.content if campaign > 0 else None,
+                known_spam=item.known_spam,
+                standing=standing,
+                corroborated_by=None if established else corroborated_by,
+            )
             action, transitions = after_decision(state, decision, why, at, relay_policy)
             return replace(decision, action=action), transitions, why
 
@@ -284,6 +352,25 @@ class Scorer:
         result = await self._record(item, bundle, decision, probability, reasons, locked=False)
         result.account_evidence = account_evidence(state, item.engagement_evidence, self.policy)
         return result
+
+    def _floor_known_spam(
+        self, match: SignatureMatch, probability: float, reasons: list[Reason]
+    ) -> tuple[float, list[Reason]]:
+        """Known spam counts on its own: the probability is raised to the policy's floor, and a reason says why."""
+        floored = max(probability, self.policy.known_spam_probability)
+        if self.reasons == 0:
+            return floored, reasons
+        reason = Reason(
+            name="known_spam_signature",
+            value=round(match.similarity, 4),
+            contribution=_logit(floored) - _logit(probability),
+            description=(
+                f"Near-copy (similarity {match.similarity:.2f}) of known-spam signature {match.signature_id} "
+                f"(source: {match.source}, added {match.age_seconds / 86_400:.1f} days ago, "
+                f"matched {match.hits} times before)"
+            ),
+        )
+        return floored, [reason, *reasons][: self.reasons]
 
     async def _finish_locked(self, item: _Pending, bundle: ModelBundle) -> ScoreResult:
         return await self._record(item, bundle, locked_decision(), None, [], locked=True)
@@ -392,19 +479,30 @@ class Scorer:
             await self.notifier.announce("account.volume_spike", item.key, payload)
 
     async def _learn_signature(self, item: _Pending, probability: float, transitions: list[Transition]) -> None:
-        """The message that got its account locked is known spam, if it looked like spam."""
+        """The message that got its account locked is known spam, if it looked like spam.
+
+        The account remembers the signatures its locks taught, so that an admin who
+        says the lock was false takes them down with it (`service.feedback.verdicts`).
+        """
         if self.fingerprints is None or item.fingerprint is None:
             return
         if probability < self.fingerprints.policy.complaint_min_probability:
             return
         if any(t.action in ("locked_temporary", "locked") for t in transitions):
-            await self.fingerprints.add(
+            signature_id, created = await self.fingerprints.add(
                 Fingerprint.from_bytes(item.fingerprint),
                 source="lock",
                 actor="outguard",
                 at=item.message.timestamp,
                 message_id=item.message.message_id,
             )
+            if created:  # content already held came from elsewhere: not this lock's to take back
+
+                def remember(state: AccountState) -> None:
+                    learned = (*state.lock_signatures, signature_id)
+                    state.lock_signatures = learned[-MAX_LOCK_SIGNATURES:]
+
+                await self.accounts.update(item.key, remember)
 
     async def _raise_campaign_senders(self, item: _Pending) -> None:
         """A campaign just detected raises the risk of every account that sent it, not only the next one's."""
@@ -459,6 +557,7 @@ class Scorer:
 
 SUBJECT_CHARS = 120
 MAX_CAMPAIGN_ACCOUNTS_LISTED = 50
+MAX_LOCK_SIGNATURES = 8  # per account: the signatures its most recent automatic locks taught
 # A volume spike: at least this many messages in the last hour, and this many times
 # (as a log) the account's own hourly baseline.
 VOLUME_SPIKE_MIN_PER_HOUR = 20
@@ -466,20 +565,63 @@ VOLUME_SPIKE_LOG_RATIO = math.log(10)
 
 
 def _risk_reason(
-    decision: Decision, probability: float, reasons: list[Reason], campaign: ContentLookup | None = None
+    decision: Decision,
+    probability: float,
+    reasons: list[Reason],
+    campaign: ContentLookup | None = None,
+    *,
+    known_spam: SignatureMatch | None = None,
+    standing: Standing | None = None,
+    corroborated_by: tuple[str, ...] | None = None,
 ) -> str:
+    """Why the account is where it is, in words (lock reasons, webhooks, incident reports).
+
+    `corroborated_by` is None for an established account, else what corroborates a new one.
+    """
     top = ", ".join(r.name for r in reasons[:3] if r.contribution > 0) or "no single feature"
     verdict = "enough evidence of spam to lock" if decision.lock_recommended else "evidence of spam building up"
     why = (
         f"{verdict} (account risk {decision.account_risk:.2f}); the last message scored {probability:.3f} "
         f"spam probability, driven by {top}"
     )
+    if known_spam is not None:
+        why += (
+            f"; it is a near-copy (similarity {known_spam.similarity:.2f}) of known-spam signature "
+            f"{known_spam.signature_id} (source: {known_spam.source})"
+        )
+    if standing is not None:
+        why += f"; {_STANDING_WORDS[standing]}"
     if campaign is not None and campaign.campaign is not None:
         why += (
             f"; its content is part of campaign {campaign.campaign.cluster_id}, sent by "
             f"{campaign.campaign.accounts_in_window} accounts in the last hour"
         )
+    if corroborated_by is not None:
+        corroborated = ", ".join(corroborated_by) if corroborated_by else "nothing yet (no lock on content alone)"
+        why += f"; a new account, its content corroborated by {corroborated}"
     return why
+
+
+_STANDING_WORDS = {
+    Standing.NEW_CONTENT: "content the account had not sent before",
+    Standing.NORMAL: "a template the account has long sent (counted only as ham)",
+    Standing.REPEAT: "a repeat of a template the account first sent within the last day (counted once)",
+    Standing.NEW_TEMPLATE: "a template the account started sending within the last day",
+}
+
+
+def _behaviour(row: np.ndarray) -> Behaviour:
+    return Behaviour(
+        history_seconds=math.expm1(float(row[FEATURE_INDEX["acct_history_hours"]])) * 3_600,
+        recipients_1h=float(row[FEATURE_INDEX["acct_rcpts_1h"]]),
+        recipient_domains_1h=float(row[FEATURE_INDEX["acct_rcpt_domains_1h"]]),
+        client_ips_1h=float(row[FEATURE_INDEX["acct_client_ips_1h"]]),
+    )
+
+
+def _logit(probability: float) -> float:
+    p = min(max(probability, 1e-9), 1 - 1e-9)
+    return math.log(p / (1 - p))
 
 
 def transition_payload(key: AccountKey, state: AccountState, transition: Transition) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from models.registry import ModelRegistry
+    from service.decision import DecisionPolicy
     from service.fingerprints.service import FingerprintPolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -133,6 +134,53 @@ class Settings(BaseSettings):
         ge=0,
         description="Most that good engagement (deliveries, replies) can offset of content evidence, in nats",
     )
+    # Templates and the cold start (service.decision, docs/decision.md)
+    baseline_age_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="A template first sent this long ago (seconds) is the account's normal: its copies count only "
+        "as ham. An account first seen this long ago, with established_min_messages, is established",
+    )
+    established_min_messages: int = Field(
+        default=10,
+        ge=0,
+        description="Messages an account needs scored (besides baseline_age_s of history) to be established; "
+        "a new account is locked only with corroboration besides its content",
+    )
+    corroborating_engagement: float = Field(
+        default=1.0,
+        gt=0,
+        description="Engagement evidence (bounces to invalid recipients, complaints; nats) that corroborates a new "
+        "account's spam-like content",
+    )
+    corroborating_recipients_1h: int = Field(
+        default=100, ge=1, description="Recipients in the last hour that corroborate a new account's spam-like content"
+    )
+    corroborating_recipient_domains_1h: int = Field(
+        default=20,
+        ge=1,
+        description="Distinct recipient domains in the last hour that corroborate a new account's spam-like content",
+    )
+    corroborating_client_ips_1h: int = Field(
+        default=5,
+        ge=1,
+        description="Distinct client addresses in the last hour (a password used from many places) that corroborate "
+        "a new account's spam-like content",
+    )
+    known_spam_probability: float = Field(
+        default=0.995,
+        gt=0,
+        lt=1,
+        description="A near-copy of a known-spam signature scores at least this (above hold_threshold: it is held), "
+        "unless it is a template the account has as known-good",
+    )
+    known_spam_min_similarity: float = Field(
+        default=0.6,
+        gt=0,
+        le=1,
+        description="Similarity to a signature that makes a near-copy of known spam (matches below "
+        "signature_min_similarity are never found)",
+    )
 
     # -- content fingerprints (service.fingerprints)
     fingerprints: bool = Field(default=True, description="Match signatures and track campaigns")
@@ -233,6 +281,27 @@ class Settings(BaseSettings):
         from service.decision import lock_threshold_for
 
         return lock_threshold_for(self.target_false_locks_per_1000_account_days, self.messages_per_account_day)
+
+    @property
+    def decision_policy(self) -> DecisionPolicy:
+        from service.decision import DecisionPolicy
+
+        return DecisionPolicy(
+            hold_threshold=self.hold_threshold,
+            reject_threshold=self.reject_threshold,
+            lock_threshold=self.lock_threshold,
+            compromised_spam_share=self.compromised_spam_share,
+            clean_spam_share=self.clean_spam_share,
+            engagement_credit=self.engagement_credit,
+            baseline_age_s=self.baseline_age_s,
+            established_min_messages=self.established_min_messages,
+            corroborating_engagement=self.corroborating_engagement,
+            corroborating_recipients_1h=self.corroborating_recipients_1h,
+            corroborating_domains_1h=self.corroborating_recipient_domains_1h,
+            corroborating_client_ips_1h=self.corroborating_client_ips_1h,
+            known_spam_probability=self.known_spam_probability,
+            known_spam_min_similarity=self.known_spam_min_similarity,
+        )
 
     @property
     def fingerprint_policy(self) -> FingerprintPolicy:

@@ -24,6 +24,8 @@ from service.api.common import ContainerDep, json_response
 from service.api.routes import ERRORS
 from service.container import Container
 from service.decision import account_risk
+from service.feedback.verdicts import signatures_to_take_down
+from service.fingerprints.templates import remembered_templates
 from service.lifecycle import Transition, admin_allowlist, admin_lock, admin_reset, admin_unlock
 from service.reports.incident import IncidentSources, build_incident, render
 from service.stores import AccountKey, AccountState
@@ -62,6 +64,7 @@ def state_json(state: AccountState, risk: float) -> dict[str, Any]:
         "evidence_nats": round(state.evidence, 3),
         "messages_scored": state.messages_scored,
         "last_scored": state.last_scored,
+        "templates": remembered_templates(state.templates),
     }
 
 
@@ -168,10 +171,15 @@ async def change_account(
     at = time.time()
     state = await container.accounts.get(key)
     transition = change(state, at)
+    # An unlock with a reason vouches for the account's templates; the signatures its own
+    # false lock taught are named in the audit entry and taken down after it.
+    false_lock = signatures_to_take_down(container.fingerprints, [transition], state.templates)
     # Stored and audited before the answer; only then does scoring see it, applied to
     # the freshest state (another replica may have scored the account meanwhile).
     await container.scorer.apply_transitions(key, state, [transition])
     await container.accounts.update(key, lambda fresh: change(fresh, at))
+    if false_lock and container.fingerprints is not None:
+        await container.fingerprints.remove(false_lock, transition.actor, at)
 
 
 async def _admin(
@@ -188,7 +196,10 @@ async def lock(relay: RelayPath, account: AccountPath, body: LockIn, container: 
     )
 
 
-@accounts_router.post("/{relay}/{account:path}/unlock", summary="Unlock the account; its evidence starts over")
+@accounts_router.post(
+    "/{relay}/{account:path}/unlock",
+    summary="Unlock the account; its evidence starts over and the templates it sent become known-good",
+)
 async def unlock(relay: RelayPath, account: AccountPath, body: AdminAction, container: ContainerDep) -> Response:
     return await _admin(
         container, AccountKey(relay, account), lambda s, at: admin_unlock(s, body.actor, body.reason, at)

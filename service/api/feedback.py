@@ -18,7 +18,7 @@ from service.feedback.arf import arf_events
 from service.feedback.bounces import bounce_class, invalid_recipient
 from service.feedback.dsn import dsn_events
 from service.feedback.reports import MalformedReport
-from service.feedback.verdicts import apply_verdict
+from service.feedback.verdicts import apply_verdict, signatures_to_take_down
 from service.stores import FeedbackEvent, FeedbackType, Label, MessageRef, Verdict
 
 feedback = APIRouter(prefix="/v1", tags=["feedback"], responses=ERRORS)
@@ -121,9 +121,16 @@ async def add_label(item: LabelIn, container: ContainerDep) -> Response:
     label_id = await container.labels.add(label)
     signatures = await _verdict_signatures(container, label, ref)
     container.metrics.labels_received.labels(label.label.value).inc()
-    key, state, transitions = await apply_verdict(label, container.accounts, container.scorer.policy, time.time())
+    at = time.time()
+    key, state, transitions = await apply_verdict(label, container.accounts, container.scorer.policy, at)
     if key is not None and state is not None:
+        # A clean verdict vouches for the account's templates: the signatures its own
+        # false lock taught are named in the audit log, then taken down.
+        false_lock = signatures_to_take_down(container.fingerprints, transitions, state.templates)
         await container.scorer.apply_transitions(key, state, transitions)
+        if false_lock and container.fingerprints is not None:
+            removed = await container.fingerprints.remove(false_lock, label.actor, at)
+            signatures["removed"] = [*signatures["removed"], *removed]
     return json_response(
         {
             "id": label_id,

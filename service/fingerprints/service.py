@@ -4,8 +4,10 @@
 and the message's campaign cluster, as model features. `campaign_evidence` runs
 after the model: a message of an active campaign adds evidence against its account
 in proportion to how spam-like the campaign's copies score, so a campaign of
-legitimate content (a shared template) adds little. `add` and `remove_matching`
-change the signature database, durably first.
+legitimate content (a shared template) adds little. `add`, `remove_matching` and
+`remove` change the signature database, durably first. `lock_signatures_matching`
+finds which signatures learned from an account's own lock are copies of its
+templates (`service.fingerprints.templates`), for when an admin says the lock was false.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from features.fingerprint import NO_FINGERPRINT_FEATURES, Fingerprint, Fingerpri
 from service.fingerprints.campaigns import CampaignPolicy, CampaignTracker, CampaignView
 from service.fingerprints.index import Probe
 from service.fingerprints.signatures import SAME_CONTENT, SignatureAdd, SignatureDb, SignatureMatch
+from service.fingerprints.templates import TemplateMemory, compact_from_index
 from service.stores import AccountKey
 from service.stores.signatures import SqlSignatureStore
 
@@ -72,6 +75,13 @@ class FingerprintService:
             return 0.0
         mean = self.campaigns.record_probability(lookup.campaign.cluster_id, probability)
         return self._scaled_evidence(mean) if lookup.campaign.active else 0.0
+
+    def spam_like_campaign(self, lookup: ContentLookup) -> bool:
+        """The message's campaign is active and its copies score spam-like on average (full campaign evidence)."""
+        if lookup.campaign is None or not lookup.campaign.active:
+            return False
+        cluster = self.campaigns.cluster(lookup.campaign.cluster_id)
+        return cluster is not None and cluster.mean_probability >= FULL_EVIDENCE_AT
 
     def _scaled_evidence(self, mean_probability: float) -> float:
         return self.policy.campaign_evidence * min(1.0, mean_probability / FULL_EVIDENCE_AT)
@@ -151,6 +161,23 @@ class FingerprintService:
         await self.store.remove(ids, actor, at)
         self.signatures.remove(ids)
         return ids
+
+    async def remove(self, signature_ids: list[int], actor: str, at: float) -> list[int]:
+        """Take these signatures down (durably first); the ids that were live."""
+        live = [i for i in signature_ids if self.signatures.is_live(i)]
+        await self.store.remove(live, actor, at)
+        self.signatures.remove(live)
+        return live
+
+    def lock_signatures_matching(self, signature_ids: tuple[int, ...] | list[int], templates: str) -> list[int]:
+        """Of these (live) signatures, those that are copies of one of the account's templates."""
+        memory = TemplateMemory.decode(templates)
+        matching = []
+        for signature_id in signature_ids:
+            values = self.signatures.values_of(signature_id)
+            if values is not None and memory.match(compact_from_index(values)) is not None:
+                matching.append(signature_id)
+        return matching
 
     def stats(self, now: float) -> dict[str, object]:
         active = self.campaigns.active(now)

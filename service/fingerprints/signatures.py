@@ -122,6 +122,14 @@ class SignatureDb:
         found = np.flatnonzero((self.ids == signature_id) & self.index.live)
         return int(found[0]) if len(found) else None
 
+    def is_live(self, signature_id: int) -> bool:
+        return self._slot_of(signature_id) is not None
+
+    def values_of(self, signature_id: int) -> np.ndarray | None:
+        """The signature's index values (64 16-bit minimum hashes), or None if it is not live."""
+        slot = self._slot_of(signature_id)
+        return None if slot is None else self.index.values[slot]
+
     def refresh(self, signature_id: int, expires_at: float) -> None:
         if (slot := self._slot_of(signature_id)) is not None:
             self.expires_at[slot] = max(self.expires_at[slot], expires_at)

@@ -140,6 +140,13 @@ class AccountState:
     lock_reason: str | None = None
     tokens: float | None = None  # rate-limit token bucket
     tokens_at: float | None = None
+    # The account's own templates, packed (`service.fingerprints.templates`): at most 16,
+    # 664 characters.
+    templates: str = ""
+    # Signatures learned from this account's automatic locks: a clean verdict or an
+    # unlock takes down those that match its templates. The newest few.
+    lock_signatures: tuple[int, ...] = ()
+    compromised_verdict: bool = False  # an admin called it compromised: corroboration for a lock
 
     @property
     def locked(self) -> bool:

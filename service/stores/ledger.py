@@ -3,6 +3,11 @@
 A transition is committed (status and audit entry in one transaction) before it takes
 effect anywhere, so a lock survives a restart and every change has its record. The
 audit log is append-only: the database refuses updates and deletes.
+
+An admin's vouching for an account's mail (an unlock with a reason, a clean verdict:
+`service.lifecycle.vouch_for_templates`) records the templates it made known-good in
+its audit entry; a status read here carries the latest of them back, so a false lock
+stays the last one after a restart too.
 """
 
 from __future__ import annotations
@@ -30,13 +35,28 @@ VALUES (:ts, :relay, :account, :action, :actor, :reason, :from_status, :to_statu
 """)
 
 
+# The latest audit entry that vouched for the account's templates (the index on
+# relay, account, id finds it without a scan).
+_WITH_VOUCHED = """
+SELECT s.*, (
+    SELECT a.details FROM audit_log a
+    WHERE a.relay = s.relay AND a.account = s.account AND a.action IN ('unlocked', 'vouched')
+        AND a.details LIKE '%"known_good_templates"%'
+    ORDER BY a.id DESC LIMIT 1
+) AS vouched
+FROM account_status s
+"""
+
+
 def _state(row: RowMapping) -> AccountState:
+    vouched = orjson.loads(row["vouched"]) if row.get("vouched") else {}
     return AccountState(
         status=AccountStatus(row["status"]),
         locked_until=row["locked_until"],
         temporary_locks=row["temporary_locks"],
         allowlisted=bool(row["allowlisted"]),
         lock_reason=row["lock_reason"],
+        templates=vouched.get("known_good_templates", ""),
     )
 
 
@@ -80,7 +100,7 @@ class SqlAccountLedger:
 
     def load(self) -> dict[AccountKey, AccountState]:
         """Every stored status, for the in-memory state at start-up."""
-        rows = self.database.read_now(lambda c: list(c.execute(text("SELECT * FROM account_status")).mappings()))
+        rows = self.database.read_now(lambda c: list(c.execute(text(_WITH_VOUCHED)).mappings()))
         return {AccountKey(r["relay"], r["account"]): _state(r) for r in rows}
 
     async def status(self, key: AccountKey) -> AccountState | None:
@@ -89,7 +109,7 @@ class SqlAccountLedger:
         def query(connection: Connection) -> AccountState | None:
             row = (
                 connection.execute(
-                    text("SELECT * FROM account_status WHERE relay = :relay AND account = :account"),
+                    text(_WITH_VOUCHED + " WHERE s.relay = :relay AND s.account = :account"),
                     {"relay": key.relay, "account": key.account},
                 )
                 .mappings()

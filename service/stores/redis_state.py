@@ -12,7 +12,7 @@ Key layout (the prefix must not contain braces):
     {prefix}:b:{<tag>}:rd:s | :ip:s        zset  the same values -> update sequence (LRU order)
     {prefix}:b:{<tag>}:kd                  zset  known domain -> update sequence (LRU order)
     {prefix}:e:{<tag>}                     hash  DecayedCounts: "last", "v:<name>", "seen"
-    {prefix}:a:{<tag>}                     string  AccountState as JSON
+    {prefix}:a:{<tag>}                     string  AccountState as JSON (its templates packed, at most 664 characters)
     {prefix}:mi:{<sha1 of Message-ID>}     list  MessageRef JSON, oldest first, last 4
     {prefix}:qi:{<sha1 of queue id>}       string  MessageRef JSON
 
@@ -336,6 +336,7 @@ def _decode_state(raw: bytes | str) -> AccountState:
     data = orjson.loads(raw)
     state = AccountState(**{name: value for name, value in data.items() if name in _STATE_FIELDS})
     state.status = AccountStatus(state.status)
+    state.lock_signatures = tuple(state.lock_signatures)  # JSON has no tuples
     return state
 
 
