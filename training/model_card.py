@@ -202,11 +202,7 @@ def _replay_section(replay: dict | None, modern: bool = False) -> str:
     never = replay.get("never_caught", [])
     rate = replay["false_locks_per_1000_account_days"]
     title = "present-day content" if modern else "2007 corpus content"
-    pool = (
-        "modern-train's eval pool of templates and spam, which the model never trained on"
-        if modern
-        else "the corpus test split"
-    )
+    pool = "modern-train's eval pool of templates and spam" if modern else "the corpus test split"
     return f"""## Per account: a simulated provider, replayed ({title})
 
 `{replay.get("command", "")}` on an evaluation seed whose content the model never trained
@@ -223,11 +219,21 @@ on ({pool}): {replay["messages"]:,} messages ({replay["spam_messages"]:,} spam),
 | compromised identities never caught | {len(never)} | |
 | false locks per 1,000 legitimate account-days | {rate:.2f} ({replay["false_locks"]} accounts) | at most 0.5 |
 | message-level ROC AUC / PR AUC | {_num(auc.get("roc_auc"), 4)} / {_num(auc.get("pr_auc"), 4)} | |
-
+{_fraud_row(replay.get("fraud_signups"))}
 A simulator is not a provider: read these as what the account decision adds on top of
 the content scores, not as a promise for any provider's traffic.
 
 """
+
+
+def _fraud_row(fraud: dict | None) -> str:
+    if not fraud or not fraud.get("identities"):
+        return ""
+    delay = fraud["spam_accepted_before_lock"]
+    return (
+        f"| fraudulent sign-ups caught; spam accepted before lock, median / max | {fraud['caught']} of "
+        f"{fraud['identities']}; {_num(delay['median'])} / {delay['max']} | all |\n"
+    )
 
 
 def _num(value: float | None, digits: int = 1) -> str:

@@ -1,7 +1,7 @@
 """Re-measure a bundle's check-set scores, optionally attach a replay's account-level figures,
 and rewrite its bundle.json and model card (no retraining).
 
-Usage: python -m training.refresh_card [BUNDLE_DIR] [--replay REPLAY.json --command "outguard ..."]
+Usage: python -m training.refresh_card [BUNDLE_DIR] [--replay REPLAY.json --command "outguard ..." [--modern]]
 """
 
 from __future__ import annotations
@@ -27,16 +27,19 @@ REPLAY_KEYS = (
     "false_locks",
     "false_locks_per_1000_account_days",
     "false_locks_by_kind",
+    "fraud_signups",
 )
 
 
-def refresh(directory: Path, replay: Path | None = None, command: str | None = None) -> None:
+def refresh(directory: Path, replay: Path | None = None, command: str | None = None, modern: bool = False) -> None:
+    """`modern`: the replay is of present-day content (`outguard simulate --content modern`)."""
     bundle = load_bundle(directory)
     bundle.metrics["modern_mail"] = score_modern_mail(bundle)
     if replay is not None:
         measured = json.loads(replay.read_text())
-        bundle.metrics["account_replay"] = {key: measured[key] for key in REPLAY_KEYS if key in measured}
-        bundle.metrics["account_replay"]["command"] = command or ""
+        key = "account_replay_modern" if modern else "account_replay"
+        bundle.metrics[key] = {name: measured[name] for name in REPLAY_KEYS if name in measured}
+        bundle.metrics[key]["command"] = command or ""
     save_bundle(bundle, directory)
     write_model_card(bundle, directory)
 
@@ -46,5 +49,6 @@ if __name__ == "__main__":
     parser.add_argument("directory", nargs="?", type=Path, default=DEFAULT_BUNDLE_DIR)
     parser.add_argument("--replay", type=Path, default=None)
     parser.add_argument("--command", default=None)
+    parser.add_argument("--modern", action="store_true", help="the replay is of present-day content")
     args = parser.parse_args()
-    refresh(args.directory, args.replay, args.command)
+    refresh(args.directory, args.replay, args.command, args.modern)
