@@ -16,7 +16,7 @@ at most 664 base64 characters.
 
 A message is a copy of a template when at least `MIN_AGREEING_VALUES` (8) of the 24
 values agree (estimated Jaccard similarity >= 1/3). Measured on `.cache/modern-train`
-(`python -m service.fingerprints.template_eval`, about a minute):
+(`python -m training.template_eval`, about a minute):
 
 - fills of one template by one sender in one language (names, order numbers, items,
   links differ) match in 87.8% of the corpus's 246 such pairs (86.2% with the full

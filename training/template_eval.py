@@ -1,6 +1,6 @@
 """Measure how well an account's template memory tells copies of one template from other content.
 
-    python -m service.fingerprints.template_eval [--corpus .cache/modern-train] [--copies 40]
+    python -m training.template_eval [--corpus .cache/modern-train] [--copies 40]
 
 On the modern-train corpus (ham rendered from real templates with generated fills,
 `manifest.tsv` naming each message's template in `source_path`; real spam), every
