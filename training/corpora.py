@@ -56,18 +56,22 @@ def spamassassin_messages(data_dir: Path) -> list[CorpusMessage]:
     return messages
 
 
-def ensure_trec_extracted(data_dir: Path, cache_dir: Path) -> Path:
-    """Extract the TREC archive into the cache (once) and return its folder."""
-    target = cache_dir / TREC_DIR
-    if (target / "labels.txt").is_file():
+def extract_once(archive: Path, cache_dir: Path, folder: str, marker: str) -> Path:
+    """Extract an .tar.xz corpus into the cache unless `folder/marker` is already there; return the folder."""
+    target = cache_dir / folder
+    if (target / marker).is_file():
         return target
-    archive = data_dir / TREC_ARCHIVE
     if not archive.is_file():
-        raise CorpusMissing(f"TREC 2007 archive not found at {archive}")
+        raise CorpusMissing(f"corpus archive not found at {archive}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "r:xz") as tar:
         tar.extractall(cache_dir, filter="data")
     return target
+
+
+def ensure_trec_extracted(data_dir: Path, cache_dir: Path) -> Path:
+    """Extract the TREC archive into the cache (once) and return its folder."""
+    return extract_once(data_dir / TREC_ARCHIVE, cache_dir, TREC_DIR, "labels.txt")
 
 
 def trec_messages(data_dir: Path, cache_dir: Path) -> list[CorpusMessage]:

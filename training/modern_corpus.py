@@ -22,7 +22,6 @@ one, by `source_path` (a template's fills are near-copies); spam by file.
 from __future__ import annotations
 
 import re
-import tarfile
 import zlib
 from dataclasses import dataclass
 from email.utils import getaddresses, parseaddr
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from features.message import ParsedMessage, parse_raw
+from training.corpora import extract_once
 from training.mailers import MAILERS, reshape
 
 MODERN_ARCHIVE = "modern-train.tar.xz"
@@ -93,22 +93,9 @@ _SYLLABLES = [
 ]
 
 
-class ModernCorpusMissing(FileNotFoundError):
-    """modern-train is not where the settings say."""
-
-
 def ensure_modern_extracted(data_dir: Path, cache_dir: Path) -> Path:
     """Extract the archive into the cache (once) and return its folder."""
-    target = cache_dir / MODERN_DIR
-    if (target / "manifest.tsv").is_file():
-        return target
-    archive = data_dir / MODERN_ARCHIVE
-    if not archive.is_file():
-        raise ModernCorpusMissing(f"modern-train archive not found at {archive}")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "r:xz") as tar:
-        tar.extractall(cache_dir, filter="data")
-    return target
+    return extract_once(data_dir / MODERN_ARCHIVE, cache_dir, MODERN_DIR, "manifest.tsv")
 
 
 def load_manifest(root: Path) -> pd.DataFrame:
@@ -166,18 +153,17 @@ def _apply(text: str, swaps: list[_Swap]) -> str:
 
 def neutralise(parsed: ParsedMessage, label: int, rng: np.random.Generator) -> ParsedMessage:
     """Undo the corpus build's artefacts (see the module docstring), in place."""
-    if label == 1:
+    if label == 1:  # spam: only the recipient placeholder
         address = made_up_address(rng)
-        swaps = [_Swap("phishing@pot", address)]
-        pattern = [(PLACEHOLDER, address)]
-    else:
-        swaps = _swaps(parsed, rng)
-        pattern = []
 
-    def fix(value: str) -> str:
-        for regex, new in pattern:
-            value = regex.sub(new, value)
-        return _apply(value, swaps) if label == 0 else value
+        def fix(value: str) -> str:
+            return PLACEHOLDER.sub(address, value)
+
+    else:  # ham: the sender's and recipient's names
+        swaps = _swaps(parsed, rng)
+
+        def fix(value: str) -> str:
+            return _apply(value, swaps)
 
     parsed.headers = [(k, fix(v)) for k, v in parsed.headers]
     parsed.all_headers = [(k, fix(v)) for k, v in parsed.all_headers]

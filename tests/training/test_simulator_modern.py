@@ -33,11 +33,12 @@ CONFIG = SimulationConfig(accounts=60, days=1, seed=6, content="modern")
 @pytest.fixture(scope="module")
 def modern_root() -> Path:
     from tests.conftest import DATA_DIR
-    from training.modern_corpus import ModernCorpusMissing, ensure_modern_extracted
+    from training.corpora import CorpusMissing
+    from training.modern_corpus import ensure_modern_extracted
 
     try:
         return ensure_modern_extracted(DATA_DIR, PROJECT_ROOT / ".cache")
-    except ModernCorpusMissing:
+    except CorpusMissing:
         if os.environ.get("CI") == "true":
             pytest.fail("modern-train is missing (CI must have it)")
         pytest.skip("modern-train not found")
