@@ -34,6 +34,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.fingerprints
 	$(BIN)/python -m bench.backends
+	$(BIN)/python -m bench.redis_hung
+	$(BIN)/python -m bench.clamav
+	$(BIN)/python -m bench.rspamd_compat
+	$(BIN)/python -m bench.milter
 
 # Training time against rows, both engines; needs a replayed event log (see docs/retraining.md).
 bench-training: $(STAMP)

@@ -109,6 +109,16 @@ def engagement_features(snapshot: EngagementSnapshot | None) -> dict[str, float]
     return values
 
 
+BAD_OUTCOMES = ("invalid_recipient", "complaint")
+
+
+def bad_outcomes(snapshot: EngagementSnapshot | None) -> float:
+    """Decayed count of invalid recipients and complaints: how many bad outcomes the evidence rests on."""
+    if snapshot is None:
+        return 0.0
+    return sum(snapshot.outcomes.get(outcome, 0.0) for outcome in BAD_OUTCOMES)
+
+
 def engagement_evidence(snapshot: EngagementSnapshot | None) -> float:
     """Log-likelihood ratio (nats), spamming against legitimate, of the account's outcomes."""
     if snapshot is None or snapshot.recipients <= 0:

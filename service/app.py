@@ -13,6 +13,9 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.adapters.milter import MilterServer
+from service.adapters.policy import PolicyServer
+from service.adapters.rspamc import RspamcServer
 from service.api.accounts import accounts_router
 from service.api.auth import TokenAuth, TokenAuthMiddleware
 from service.api.feedback import feedback
@@ -20,6 +23,7 @@ from service.api.identity_rules import rules_router
 from service.api.models import models_router
 from service.api.reports import reports_router
 from service.api.routes import operations, scoring
+from service.api.rspamd import rspamd_router
 from service.api.signatures import signatures_router
 from service.api.webhooks import webhooks_router
 from service.container import build_container
@@ -44,6 +48,8 @@ KNOWN_ROUTES = frozenset(
         "/healthz",
         "/readyz",
         "/metrics",
+        "/checkv2",
+        "/ping",
     }
 )
 
@@ -131,10 +137,21 @@ def create_app(settings: Settings) -> FastAPI:
     container = build_container(settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         container.dispatcher.start()
         chores = Chores(container)
         chores.start()
+        # The MTA protocols served besides HTTP (docs/relay-integration.md), on the same scorer.
+        listeners: list[RspamcServer | PolicyServer | MilterServer] = []
+        for listen, server in (
+            (settings.rspamc_listen, RspamcServer),
+            (settings.policy_listen, PolicyServer),
+            (settings.milter_listen, MilterServer),
+        ):
+            if listen:
+                listeners.append(server(container))
+                await listeners[-1].start(listen)
+        app.state.listeners = listeners
         poller = None
         if settings.model_source == "registry" and settings.model_poll_s > 0:
             poller = asyncio.create_task(container.models.poll(container.model, settings.model_poll_s))
@@ -142,6 +159,8 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            for listener in listeners:
+                await listener.close()
             if poller is not None:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -160,6 +179,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.container = container
     install_error_handlers(app)
     app.include_router(scoring)
+    app.include_router(rspamd_router)
     app.include_router(feedback)
     app.include_router(rules_router)
     app.include_router(accounts_router)

@@ -15,6 +15,7 @@ from service.feedback.ingest import FeedbackIngestor
 from service.fingerprints.service import FingerprintService
 from service.metrics import Metrics
 from service.model_runtime import ModelHolder, ModelManager, publish
+from service.scanning import MalwareScanner
 from service.scoring import Scorer
 from service.settings import Settings
 from service.stores import AccountStateStore, BehaviourStore, EngagementStore, MessageIndex, degraded
@@ -65,8 +66,11 @@ class Container:
     models: ModelManager
     fingerprints: FingerprintService | None = None
     shared: SharedStateHealth | None = None  # with Redis: its health, for readiness and recovery
+    scanner: MalwareScanner | None = None  # with OUTGUARD_CLAMD: malware scanning
 
     async def aclose(self) -> None:
+        if self.scanner is not None:
+            await self.scanner.close()
         if self.shared is not None:
             await self.shared.close()
             await self.shared.client.aclose()  # type: ignore[attr-defined]
@@ -139,14 +143,35 @@ def redis_state(settings: Settings, ledger: SqlAccountLedger, metrics: Metrics) 
     )
     prefix = settings.redis_prefix
     accounts = RedisAccountStateStore(client, prefix)
-    health = degraded.SharedStateHealth(client, ledger, accounts, settings.redis_fail_open)
-    health.on_failure = metrics.shared_state_failures.inc
+    health = degraded.SharedStateHealth(
+        client,
+        ledger,
+        accounts,
+        settings.redis_fail_open,
+        probe_interval_s=settings.redis_probe_interval_s,
+        metrics=metrics,
+    )
     return HotState(
         degraded.DegradableBehaviour(RedisBehaviourStore(client, prefix), health),
         degraded.DegradableEngagement(RedisEngagementStore(client, prefix), health),
         degraded.DegradableAccounts(accounts, ledger, health),
         degraded.DegradableIndex(RedisMessageIndex(client, prefix), health),
         health,
+    )
+
+
+def build_scanner(settings: Settings, metrics: Metrics) -> MalwareScanner | None:
+    """clamd at OUTGUARD_CLAMD, or None: no I/O here, the first scan connects."""
+    if settings.clamd is None:
+        return None
+    return MalwareScanner.from_settings(
+        settings.clamd,
+        metrics,
+        timeout_s=settings.clamd_timeout_s,
+        max_bytes=settings.clamd_max_bytes,
+        connections=settings.clamd_connections,
+        fail_open=settings.clamd_fail_open,
+        mode=settings.clamd_scan,
     )
 
 
@@ -167,6 +192,7 @@ def build_container(settings: Settings) -> Container:
     fingerprints = (
         FingerprintService(settings.fingerprint_policy, SqlSignatureStore(database)) if settings.fingerprints else None
     )
+    scanner = build_scanner(settings, metrics)
     scorer = Scorer(
         model=model,
         behaviour=behaviour,
@@ -184,6 +210,7 @@ def build_container(settings: Settings) -> Container:
         notifier=notifier,
         store_subjects=settings.store_subjects,
         fingerprints=fingerprints,
+        scanner=scanner,
     )
     ingestor = FeedbackIngestor(
         scored=events,
@@ -214,4 +241,5 @@ def build_container(settings: Settings) -> Container:
         models=models,
         fingerprints=fingerprints,
         shared=hot.shared,
+        scanner=scanner,
     )

@@ -55,10 +55,16 @@ Known spam counts on its own: a near-copy (similarity >= `known_spam_min_similar
 log((0.3*199 + 0.7) / (0.01*199 + 0.99)) = 3.0 nats, unless the content is a template
 the account has as known-good. The standings above then apply to that evidence.
 
+Malware counts at once: a message in which clamd found malware (`service.scanning`) is
+rejected whatever its score, corroborates a new account, and adds `malware_evidence`
+(the lock threshold plus the engagement credit, 14.6 nats) instead of its content's own
+evidence when that is lower, so one detection recommends a lock whatever the account's
+history and engagement; an allowlisted account gets no such evidence.
+
 Actions, mildest first: accept; defer (temporary failure, the relay retries) when the
 account is recommended for locking but this message is not spam-like; hold (quarantine)
 for a message over `hold_threshold`; reject for a message over `reject_threshold` from
-an account recommended for locking.
+an account recommended for locking, and for a message carrying malware.
 
 The rule, with its numbers and the measurements behind them, is in docs/decision.md.
 """
@@ -94,6 +100,9 @@ class DecisionPolicy:
     baseline_age_s: float = 86_400.0
     established_min_messages: int = 10
     corroborating_engagement: float = 1.0
+    # One invalid recipient among a new account's first few is a typo as often as a
+    # spam run (2.7 nats at the model's rates): engagement corroborates from two on.
+    corroborating_bad_outcomes: float = 2.0
     corroborating_recipients_1h: float = 100.0
     corroborating_domains_1h: float = 20.0
     corroborating_client_ips_1h: float = 5.0
@@ -159,10 +168,16 @@ def corroboration(
     known_spam: bool = False,
     spam_campaign: bool = False,
     compromised_verdict: bool = False,
+    malware: bool = False,
+    bad_outcomes: float = math.inf,
 ) -> tuple[str, ...]:
-    """What, besides content, says a new account is sending spam (empty: nothing does)."""
+    """What, besides content, says a new account is sending spam (empty: nothing does).
+
+    `bad_outcomes`: the invalid recipients and complaints the engagement evidence rests
+    on (decayed); fewer than `policy.corroborating_bad_outcomes` corroborate nothing.
+    """
     found = []
-    if engagement >= policy.corroborating_engagement:
+    if engagement >= policy.corroborating_engagement and bad_outcomes >= policy.corroborating_bad_outcomes - 1e-9:
         found.append(f"bounces and complaints worth {engagement:.1f} nats")
     if behaviour.recipients_1h >= policy.corroborating_recipients_1h:
         found.append(f"{behaviour.recipients_1h:.0f} recipients in the last hour")
@@ -176,6 +191,8 @@ def corroboration(
         found.append("an active spam-like campaign")
     if compromised_verdict:
         found.append("an admin's compromised verdict")
+    if malware:
+        found.append("malware found in its mail")
     return tuple(found)
 
 
@@ -232,6 +249,17 @@ def update_account(state: AccountState, evidence: float, timestamp: float) -> No
     state.last_scored = timestamp if state.last_scored is None else max(state.last_scored, timestamp)
 
 
+def malware_evidence(policy: DecisionPolicy) -> float:
+    """What one malware detection adds to its account's CUSUM, in nats (docs/decision.md, section 5).
+
+    The lock threshold plus the most that good engagement can offset: one detection
+    reaches the lock threshold from any history, whatever the account's engagement. The
+    message's own content evidence counts only when it is higher (`max(0, llr)`): a virus
+    carrier's text often looks like ham ("invoice attached") and must not offset it.
+    """
+    return policy.lock_threshold + policy.engagement_credit
+
+
 def account_evidence(state: AccountState, engagement: float, policy: DecisionPolicy) -> float:
     """Content CUSUM plus engagement evidence. Bounces and complaints push without limit;
     good engagement offsets at most `engagement_credit`, because recipients whose
@@ -251,15 +279,17 @@ def decide(
     engagement: float = 0.0,
     *,
     may_lock: bool = True,
+    malware: bool = False,
 ) -> Decision:
     """The message's action and the account's risk; `may_lock` False (a new account nothing
-    corroborates) keeps the evidence and the risk but recommends no lock."""
+    corroborates) keeps the evidence and the risk but recommends no lock. A message carrying
+    malware (`malware`) is rejected whatever its score."""
     evidence = account_evidence(state, engagement, policy)
     risk = account_risk(evidence, policy.lock_threshold)
     lock_recommended = may_lock and evidence >= policy.lock_threshold
     # Graduated: one extreme message from an account with no other evidence is held for a
     # person to look at; only an account already recommended for locking gets bounces.
-    if probability >= policy.reject_threshold and lock_recommended:
+    if malware or (probability >= policy.reject_threshold and lock_recommended):
         action = Action.REJECT
     elif probability >= policy.hold_threshold:
         action = Action.HOLD

@@ -1,23 +1,25 @@
 """The service's exceptions, and their mapping to HTTP answers, in one place.
 
 Every error answer is JSON `{"error": code, "detail": ...}` saying what was wrong;
-nothing reaches the client as a stack trace.
+nothing reaches the client as a stack trace. A database error an answer reports is
+logged here, once, and without the data of the statement (`describe`).
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import ClassVar
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
-from service.stores.writer import WriterStopped
+from service.stores.writer import WriterStopped, describe
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +110,22 @@ def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str,
     return "invalid_request", problems
 
 
+def _where(request: Request) -> str:
+    """The method and route for a log line: the template, not the URL, which holds account names."""
+    route = request.scope.get("route")
+    return f"{request.method} {getattr(route, 'path', None) or request.url.path}"
+
+
+def _answer(error: OutguardError) -> JSONResponse:
+    return JSONResponse({"error": error.code, "detail": error.detail}, status_code=error.status, headers=error.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OutguardError)
-    async def _outguard(_: Request, exc: OutguardError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+    async def _outguard(request: Request, exc: OutguardError) -> JSONResponse:
+        if isinstance(exc, StorageUnavailable) and exc.__cause__ is not None:  # the writer leaves it to its caller
+            log.error("database error on %s: %s", _where(request), describe(exc.__cause__))
+        return _answer(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -128,12 +142,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(WriterStopped)
     async def _storage(request: Request, exc: Exception) -> JSONResponse:
         # The database is down or refused the write: say so, nothing was stored.
-        log.error("database error on %s %s: %s", request.method, request.url.path, exc)
-        return await _outguard(
-            request, StorageUnavailable("the database is unavailable; nothing was stored, retry later")
+        log.error("database error on %s: %s", _where(request), describe(exc))
+        return _answer(StorageUnavailable("the database is unavailable; nothing was stored, retry later"))
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database_bug(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        # Not the database being unavailable: a statement it refused. Where in the code, but not the row's values.
+        log.error(
+            "unhandled database error on %s: %s\n%s",
+            _where(request),
+            describe(exc),
+            "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
         )
+        return JSONResponse({"error": "internal", "detail": "internal error; it has been logged"}, status_code=500)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s", _where(request))
         return JSONResponse({"error": "internal", "detail": "internal error; it has been logged"}, status_code=500)

@@ -19,12 +19,25 @@ caller records in the audit log (durably) and announces to webhooks.
 
 Times are message timestamps on the scoring path (replays are exact) and the wall
 clock for admin actions.
+
+No change takes effect before its record is committed (`service.stores.ledger`). An
+admin's change is recorded first and then applied. A change the scoring path makes (a
+rate limit or lock out of the decision, a temporary lock's expiry) is made on the state
+and at once `hold_back`: the lifecycle fields go back to what they were and the change
+waits in `AccountState.pending_change`, stored with the rest of the hot state in the
+same read-change-write. The scorer then records it and, once committed, `take_pending`
+applies it; while the database refuses the record, the change stays pending, the
+account's mail is deferred, and its next message tries the record again. An admin's
+lock, unlock, reset or allowlisting drops an automatic change still pending: the
+admin's word is the newer one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import orjson
 
 from service.decision import Action, Decision
 from service.fingerprints.templates import TemplateMemory
@@ -133,7 +146,7 @@ def _take_token(state: AccountState, risk: float, at: float, policy: RelayPolicy
 
 
 def admin_lock(state: AccountState, actor: str, reason: str, at: float, duration_s: int | None) -> Transition:
-    state.lock_reason = reason
+    state.lock_reason, state.pending_change = reason, ""
     if duration_s:
         state.locked_until = at + duration_s
         return _move(
@@ -151,7 +164,7 @@ def admin_lock(state: AccountState, actor: str, reason: str, at: float, duration
 
 def admin_unlock(state: AccountState, actor: str, reason: str, at: float) -> Transition:
     """Unlocked, evidence starting over; with a reason, the admin also vouches for the account's templates."""
-    state.locked_until, state.lock_reason, state.evidence = None, None, 0.0
+    state.locked_until, state.lock_reason, state.evidence, state.pending_change = None, None, 0.0, ""
     vouched = vouch_for_templates(state) if reason.strip() else {}
     return _move(state, AccountStatus.ACTIVE, "unlocked", actor, reason, at, **vouched)
 
@@ -177,7 +190,7 @@ def vouch_for_templates(state: AccountState) -> dict[str, Any]:
 
 
 def admin_reset(state: AccountState, actor: str, reason: str, at: float) -> Transition:
-    state.locked_until, state.lock_reason, state.evidence = None, None, 0.0
+    state.locked_until, state.lock_reason, state.evidence, state.pending_change = None, None, 0.0, ""
     state.temporary_locks, state.tokens, state.tokens_at = 0, None, None
     state.compromised_verdict = False
     return _move(state, AccountStatus.ACTIVE, "reset", actor, reason, at)
@@ -185,4 +198,115 @@ def admin_reset(state: AccountState, actor: str, reason: str, at: float) -> Tran
 
 def admin_allowlist(state: AccountState, allowlisted: bool, actor: str, reason: str, at: float) -> Transition:
     state.allowlisted = allowlisted
+    if allowlisted:  # never limited or locked: an automatic change still pending no longer applies
+        state.pending_change = ""
     return _move(state, state.status, "allowlisted" if allowlisted else "unallowlisted", actor, reason, at)
+
+
+# -- changes held back until their record is committed
+
+
+# What a lifecycle change may touch on the state; `hold_back` puts these back.
+LIFECYCLE_FIELDS = ("status", "locked_until", "temporary_locks", "lock_reason", "tokens", "tokens_at", "evidence")
+
+_WORDS = {
+    "locked_temporary": "temporary lock",
+    "locked": "lock",
+    "rate_limited": "rate limit",
+    "rate_limit_lifted": "lifting of its rate limit",
+    "lock_expired": "end of its temporary lock",
+}
+_LOCKS = ("locked_temporary", "locked")
+
+
+def lifecycle_of(state: AccountState) -> dict[str, Any]:
+    """The state's lifecycle fields, to `hold_back` a change made after this."""
+    return {name: getattr(state, name) for name in LIFECYCLE_FIELDS}
+
+
+def hold_back(state: AccountState, before: dict[str, Any], transitions: list[Transition]) -> None:
+    """Undo what `transitions` changed since `before`, keeping the change as the state's pending one.
+
+    Pure, like every function here: it may run again in a retried read-change-write.
+    """
+    if not transitions:
+        return
+    changes = {name: getattr(state, name) for name in LIFECYCLE_FIELDS if getattr(state, name) != before[name]}
+    for name in changes:
+        setattr(state, name, before[name])
+    state.pending_change = orjson.dumps(
+        {
+            "changes": changes,
+            "transitions": [
+                {
+                    "action": t.action,
+                    "previous": t.previous.value,
+                    "status": t.status.value,
+                    "actor": t.actor,
+                    "reason": t.reason,
+                    "timestamp": t.timestamp,
+                    "details": t.details,
+                }
+                for t in transitions
+            ],
+        }
+    ).decode()
+
+
+def expire_lock_held_back(state: AccountState, at: float) -> Transition | None:
+    """`expire_lock`, held back for its record; None when not due, or when another change is pending first."""
+    if state.pending_change:
+        return None
+    before = lifecycle_of(state)
+    expired = expire_lock(state, at)
+    hold_back(state, before, [expired] if expired is not None else [])
+    return expired
+
+
+def pending_target(state: AccountState) -> tuple[AccountState, list[Transition]]:
+    """The account as it will be once its pending change is recorded (what the ledger stores), and the change."""
+    data = orjson.loads(state.pending_change)
+    target = replace(state, pending_change="")
+    _apply(target, data["changes"])
+    transitions = [
+        Transition(
+            t["action"],
+            AccountStatus(t["previous"]),
+            AccountStatus(t["status"]),
+            t["actor"],
+            t["reason"],
+            t["timestamp"],
+            t["details"],
+        )
+        for t in data["transitions"]
+    ]
+    return target, transitions
+
+
+def take_pending(state: AccountState, recorded: str) -> bool:
+    """The recorded change takes effect, unless it is no longer the pending one (an admin's word came between)."""
+    if not recorded or state.pending_change != recorded:
+        return False
+    _apply(state, orjson.loads(recorded)["changes"])
+    state.pending_change = ""
+    return True
+
+
+def _apply(state: AccountState, changes: dict[str, Any]) -> None:
+    for name, value in changes.items():
+        setattr(state, name, AccountStatus(value) if name == "status" else value)
+
+
+def pending_locks(state: AccountState) -> bool:
+    """Whether the change waiting for its record is a lock."""
+    return bool(state.pending_change) and any(t.action in _LOCKS for t in pending_target(state)[1])
+
+
+def unrecorded_description(state: AccountState) -> str:
+    """Why the account's mail is deferred while its change waits for its record, in words."""
+    actions = [t.action for t in pending_target(state)[1]] if state.pending_change else []
+    what = " and ".join(_WORDS.get(action, action.replace("_", " ")) for action in actions) or "change"
+    return (
+        f"The account's {what} could not be recorded in the audit log yet (the database refused the write); "
+        "it takes effect only once recorded, and the account's mail is deferred until then"
+    )

@@ -46,6 +46,22 @@ class Metrics:
             "Calls to the shared hot state (Redis) that failed; scoring went on degraded or answered 503",
             registry=self.registry,
         )
+        self.shared_state_skipped = Counter(
+            "outguard_shared_state_skipped",
+            "Calls to the shared hot state (Redis) not made because its circuit breaker was open",
+            registry=self.registry,
+        )
+        self.shared_state_breaker_open = Gauge(
+            "outguard_shared_state_breaker_open",
+            "1 while the Redis circuit breaker is open (calls skipped until a probe finds Redis), else 0",
+            registry=self.registry,
+        )
+        self.shared_state_probes = Counter(
+            "outguard_shared_state_probes",
+            "Probes (PING) of Redis made while its circuit breaker was open, by result",
+            ["result"],
+            registry=self.registry,
+        )
         self.events_write_failed = Counter(
             "outguard_events_write_failed", "Scored events the log writer failed to store", registry=self.registry
         )
@@ -58,6 +74,61 @@ class Metrics:
         self.labels_received = Counter("outguard_labels", "Admin verdicts received", ["label"], registry=self.registry)
         self.transitions = Counter(
             "outguard_account_transitions", "Account lifecycle changes", ["action"], registry=self.registry
+        )
+        # MTA adapters (service.adapters): one set of series, labelled by protocol
+        # (milter, rspamd, rspamc, policy) so every protocol reads the same way.
+        self.adapter_requests = Counter(
+            "outguard_adapter_requests",
+            "Requests through an MTA adapter, by protocol and stage (connect, mail, rcpt, eom, check, ...)",
+            ["protocol", "stage"],
+            registry=self.registry,
+        )
+        self.adapter_answers = Counter(
+            "outguard_adapter_answers",
+            "Answers an MTA adapter gave, by protocol and action (accept, defer, hold, reject, ...)",
+            ["protocol", "action"],
+            registry=self.registry,
+        )
+        self.adapter_latency = Histogram(
+            "outguard_adapter_seconds",
+            "Time from a request to its answer, by protocol and stage",
+            ["protocol", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.adapter_errors = Counter(
+            "outguard_adapter_errors",
+            "Adapter errors, by protocol and kind (protocol, timeout, scoring, oversize, overload, ...)",
+            ["protocol", "kind"],
+            registry=self.registry,
+        )
+        self.adapter_connections = Gauge(
+            "outguard_adapter_connections", "Open connections, by protocol", ["protocol"], registry=self.registry
+        )
+        # Malware scanning with clamd (service.scanning)
+        self.malware_scans = Counter(
+            "outguard_malware_scans",
+            "Messages with something to scan, by clamd's result: clean, infected, failed (not scanned)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.malware_scan_failures = Counter(
+            "outguard_malware_scan_failures",
+            "Scans that did not complete, by reason (unavailable, timeout, error, skipped: breaker open) and what "
+            "the answer did (open: scored unscanned; closed: deferred)",
+            ["reason", "policy"],
+            registry=self.registry,
+        )
+        self.malware_scans_truncated = Counter(
+            "outguard_malware_scans_truncated",
+            "Messages longer than OUTGUARD_CLAMD_MAX_BYTES, scanned up to it",
+            registry=self.registry,
+        )
+        self.malware_scan_seconds = Histogram(
+            "outguard_malware_scan_seconds",
+            "Time clamd took to answer a completed scan",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.model_info = Gauge(
             "outguard_model_info", "The model in use (value 1)", ["version", "feature_spec"], registry=self.registry

@@ -22,6 +22,7 @@ EVENT_TYPES = (
     "account.invalid_recipients",
     "account.complaints",
     "account.volume_spike",
+    "account.malware_detected",
     "campaign.detected",
 )
 
@@ -32,6 +33,7 @@ TRANSITION_EVENTS = {
     "unlocked": "account.unlocked",
     "reset": "account.unlocked",
     "lock_expired": "account.lock_expired",
+    "malware_detected": "account.malware_detected",  # an audit entry, not a change of status (service.scoring)
 }
 
 

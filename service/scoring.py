@@ -6,10 +6,15 @@ that a message sees the evidence of the messages before it. A near-copy of known
 is floored at the policy's `known_spam_probability`, and each message's evidence counts
 by how its content stands in its account's own templates (`service.decision`), all in
 the one read-change-write of the account's state the message takes anyway.
+
+A lifecycle change (rate limit, lock, a lock's end) is held back in that same write and
+takes effect only once the ledger has committed it (`Scorer._commit_pending`); while the
+database refuses, the account's messages are answered `defer`, each retrying the record.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -20,14 +25,23 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import orjson
 
 from features.behaviour import Observation, recipient_domain
-from features.engagement import SENT, engagement_evidence
+from features.engagement import SENT, bad_outcomes, engagement_evidence
 from features.fingerprint import Fingerprint
 from features.message import Attachment, ParsedMessage, parse_raw, parse_structured
 from features.spec import BY_NAME, FEATURE_INDEX
 from features.vector import ContentVector, assemble, content_vector
 from models.bundle import ModelBundle, Prediction
+from service.adapters.replies import (
+    AUTOMATIC_LOCK_VERDICT,
+    LockInfo,
+    SmtpReply,
+    lock_info,
+    smtp_reply,
+    virus_reply,
+)
 from service.decision import (
     Action,
     Behaviour,
@@ -35,27 +49,43 @@ from service.decision import (
     DecisionPolicy,
     Standing,
     account_evidence,
+    account_risk,
     content_evidence,
     corroboration,
     decide,
     is_established,
     locked_decision,
+    malware_evidence,
     message_evidence,
     update_account,
 )
 from service.fingerprints.service import NO_LOOKUP, ContentLookup, FingerprintService
 from service.fingerprints.signatures import SignatureMatch
 from service.fingerprints.templates import TemplateMemory, compact_values
-from service.identity import Identity, resolve_identity
-from service.lifecycle import Transition, after_decision, expire_lock, lock_has_expired
+from service.identity import Identity, IdentityConflict, resolve_identity
+from service.lifecycle import (
+    SYSTEM_ACTOR,
+    Transition,
+    after_decision,
+    expire_lock_held_back,
+    hold_back,
+    lifecycle_of,
+    lock_has_expired,
+    pending_locks,
+    pending_target,
+    take_pending,
+    unrecorded_description,
+)
 from service.metrics import Metrics
 from service.model_runtime import ModelHolder
 from service.notify import TRANSITION_EVENTS, Cooldown, Notifier
+from service.scanning import MalwareScanner, Scan
 from service.settings import RelayPolicy
 from service.stores import (
     AccountKey,
     AccountState,
     AccountStateStore,
+    AccountStatus,
     BehaviourStore,
     EngagementStore,
     EventLog,
@@ -64,7 +94,7 @@ from service.stores import (
     MessageRef,
     ScoredEvent,
 )
-from service.stores.ledger import SqlAccountLedger
+from service.stores.ledger import LedgerUnavailable, SqlAccountLedger
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +143,12 @@ class ScoreResult:
     model_version: str
     strip_headers: tuple[str, ...] = ()
     account_evidence: float = 0.0  # uncapped, in nats: for replays that sweep the lock threshold
+    identity_conflict: IdentityConflict | None = None  # a header named another login than the SASL user
+    relay: str = "default"
+    rate_limited: bool = False  # deferred because the account is over its rate limit's allowance
+    lock: LockInfo | None = None  # the account's lock, when its mail was refused for it
+    smtp_reply: SmtpReply | None = None  # the relay's reply for the action (`service.adapters.replies`)
+    malware: Scan | None = None  # clamd found malware in it: the signature (`service.scanning`, docs/clamav.md)
 
 
 @dataclass(slots=True)
@@ -129,6 +165,11 @@ class _Pending:
     shadow: tuple[str, float] | None = None  # (shadow model version, its probability)
     template_values: np.ndarray | None = None  # the part of the fingerprint the account's templates keep
     known_spam: SignatureMatch | None = None  # a near-copy of known spam, not one of the account's known-good
+    bad_outcomes: float = 0.0  # invalid recipients and complaints the engagement evidence rests on
+    # The account's lifecycle change could not be recorded yet (the state it waits in): deferred, not judged.
+    unrecorded: AccountState | None = None
+    lock: LockInfo | None = None  # the account is locked: why (its answer's reason and SMTP reply)
+    scan: Scan | None = None  # clamd's verdict, when the message had something to scan
 
 
 class Scorer:
@@ -151,9 +192,11 @@ class Scorer:
         notifier: Notifier,
         store_subjects: bool = True,
         fingerprints: FingerprintService | None = None,
+        scanner: MalwareScanner | None = None,
     ) -> None:
         self.store_subjects = store_subjects
         self.fingerprints = fingerprints
+        self.scanner = scanner
         self.model = model
         self.behaviour = behaviour
         self.engagement = engagement
@@ -169,6 +212,7 @@ class Scorer:
         self.policies = policies
         self.notifier = notifier
         self.cooldown = Cooldown(3_600)
+        self._committing: set[AccountKey] = set()  # accounts whose pending change is being recorded now
 
     def hash_recipient(self, address: str) -> str:
         digest = hmac.new(self.recipient_hash_key, address.strip().lower().encode(), hashlib.sha256)
@@ -178,11 +222,13 @@ class Scorer:
         bundle, shadow = self.model.current, self.model.shadow
         # Everything that can fail on a bad message happens before any account state
         # changes, so a refused batch (or a relay's retry) never counts twice.
-        prepared = [self._content(message, bundle) for message in messages]
+        prepared, scans = await self._prepare(messages, bundle)
         pending = [
             await self._observe(message, parsed, content)
             for message, (parsed, content) in zip(messages, prepared, strict=True)
         ]
+        for item, scan in zip(pending, scans, strict=True):
+            item.scan = scan
         rows = [p.row for p in pending if p.row is not None]
         matrix = np.vstack(rows) if rows else None
         prediction = bundle.predict(matrix) if matrix is not None else None
@@ -221,6 +267,34 @@ class Scorer:
         fingerprinter = self.fingerprints.fingerprinter if self.fingerprints is not None else None
         return parsed, content_vector(parsed, message.envelope_from, bundle.text_model, fingerprinter)
 
+    async def _prepare(
+        self, messages: Sequence[MessageInput], bundle: ModelBundle
+    ) -> tuple[list[tuple[ParsedMessage, ContentVector]], list[Scan | None]]:
+        """Each message's content features, and clamd's verdict on those that have something to scan.
+
+        With nothing to scan (no clamd, or no message with an attachment) this is the
+        content work alone, as before. Otherwise each scan is first handed to clamd
+        (connect, write the message), then the features are computed on the event loop as
+        always while clamd scans in its own process, then the verdicts are read: a scan
+        costs its message only the time by which it outlasts the features, given a free
+        core for clamd. (Not the features in a worker thread while the event loop streams
+        the scans: the thread holds the GIL, so each step of a scan waits for it, up to
+        the interpreter's 5 ms switch interval; docs/clamav.md has the measurements.)
+        """
+        scanner = self.scanner
+        wanted = [scanner.wanted(message.raw) for message in messages] if scanner is not None else []
+        if scanner is None or all(data is None for data in wanted):
+            return [self._content(message, bundle) for message in messages], [None] * len(messages)
+        tasks = await asyncio.gather(*(scanner.start(data) for data in wanted if data is not None))
+        try:
+            prepared = [self._content(message, bundle) for message in messages]
+        except BaseException:  # a message that cannot be scored: stop the scans
+            for task in tasks:
+                task.cancel()
+            raise
+        verdicts = iter([await task for task in tasks])
+        return prepared, [next(verdicts) if data is not None else None for data in wanted]
+
     async def _observe(self, message: MessageInput, parsed: ParsedMessage, content: ContentVector) -> _Pending:
         """Resolve the account, count the message in its windows, and build the feature row."""
         identity = resolve_identity(
@@ -242,12 +316,7 @@ class Scorer:
         snapshot = await self.behaviour.observe(key, observation)
         hashed = [self.hash_recipient(r) for r in recipients]
         state = await self.accounts.get(key)
-        # Only a lock that is due goes through the read-change-write: every other message
-        # reads once (with Redis, one GET instead of a WATCH transaction).
-        if lock_has_expired(state, message.timestamp):
-            state, expired = await self.accounts.update(key, lambda s: expire_lock(s, message.timestamp))
-            if expired is not None:
-                await self.apply_transitions(key, state, [expired])
+        state, recorded = await self._settle_lifecycle(key, state, message.timestamp)
         subject = parsed.subject[:SUBJECT_CHARS] if self.store_subjects else None
         fingerprint = content.fingerprint
         # A locked account's attempts still count towards its content's campaign.
@@ -257,9 +326,18 @@ class Scorer:
             else NO_LOOKUP
         )
         stored_fingerprint = fingerprint.to_bytes() if fingerprint is not None else None
-        if state.locked:
+        if state.locked or not recorded:
             return _Pending(
-                message, key, identity, None, hashed, subject=subject, content=lookup, fingerprint=stored_fingerprint
+                message,
+                key,
+                identity,
+                None,
+                hashed,
+                subject=subject,
+                content=lookup,
+                fingerprint=stored_fingerprint,
+                unrecorded=None if recorded else state,
+                lock=lock_info(key, state),
             )
         engagement = await self.engagement.snapshot(key)
         row = assemble(content.content.features, content.text_model_score, snapshot, engagement, lookup.features)
@@ -276,6 +354,7 @@ class Scorer:
             stored_fingerprint,
             template_values=values,
             known_spam=self._known_spam(lookup, state, values),
+            bad_outcomes=bad_outcomes(engagement),
         )
 
     def _known_spam(
@@ -303,9 +382,10 @@ class Scorer:
         spam_campaign = self.fingerprints is not None and self.fingerprints.spam_like_campaign(item.content)
         at, relay_policy = item.message.timestamp, self.policies(item.key.relay)
         behaviour = _behaviour(item.row)
+        malware = item.scan if item.scan is not None and item.scan.infected else None
 
         def account_step(state: AccountState) -> tuple[Decision, list[Transition], str] | None:
-            if state.locked:  # locked while this batch was being scored
+            if state.locked or state.pending_change:  # locked, or a change waits for its record
                 return None
             established = is_established(behaviour.history_seconds, state.messages_scored, self.policy)
             corroborated_by = corroboration(
@@ -315,7 +395,9 @@ class Scorer:
                 known_spam=item.known_spam is not None,
                 spam_campaign=spam_campaign,
                 compromised_verdict=state.compromised_verdict,
-            )
+                malware=malware is not None,
+                bad_outcomes=item.bad_outcomes,
+            ) + _conflict_corroboration(item.identity)
             counted, standing = content_evidence(
                 state,
                 item.template_values,
@@ -325,9 +407,18 @@ class Scorer:
                 corroborated=bool(corroborated_by),
                 policy=self.policy,
             )
+            if malware is not None and not state.allowlisted:  # one detection reaches the lock threshold
+                counted = max(counted, 0.0) + malware_evidence(self.policy)
             update_account(state, counted + campaign, at)
             may_lock = established or bool(corroborated_by)
-            decision = decide(probability, state, self.policy, item.engagement_evidence, may_lock=may_lock)
+            decision = decide(
+                probability,
+                state,
+                self.policy,
+                item.engagement_evidence,
+                may_lock=may_lock,
+                malware=malware is not None,
+            )
             why = _risk_reason(
                 decision,
                 probability,
@@ -336,20 +427,41 @@ class Scorer:
                 known_spam=item.known_spam,
                 standing=standing,
                 corroborated_by=None if established else corroborated_by,
+                malware=malware,
             )
+            before = lifecycle_of(state)
+            detected = _malware_transition(state, item, malware, decision) if malware is not None else None
             action, transitions = after_decision(state, decision, why, at, relay_policy)
+            if detected is not None:  # recorded (audit log) and announced with the lock, if any
+                transitions = [detected, *transitions]
+            hold_back(state, before, transitions)  # it takes effect once recorded, below
             return replace(decision, action=action), transitions, why
 
         state, step = await self.accounts.update(item.key, account_step)
         if step is None:
+            item.unrecorded = state if state.pending_change and not state.locked else None
+            item.lock = lock_info(item.key, state)
             return await self._finish_locked(item, bundle)
         decision, transitions, why = step
-        await self.apply_transitions(item.key, state, transitions)
+        state, recorded = await self._commit_pending(item.key, state)
+        if not recorded:  # not applied: the account's mail waits for the record
+            decision, transitions = replace(decision, action=Action.DEFER), []
+            reasons = [self._unrecorded_reason(state), *reasons][: self.reasons]
+        if malware is not None:  # refused whatever else holds; the detection leads the reasons
+            decision = replace(decision, action=Action.REJECT)
+            reasons = [self._malware_reason(malware, state), *reasons][: self.reasons]
+            await self._learn_malware(item, malware)
+        elif self._fails_closed(item.scan) and decision.action is Action.ACCEPT:
+            decision = replace(decision, action=Action.DEFER)
+            reasons = [self._scan_failed_reason(item.scan), *reasons][: self.reasons]
         await self._announce_signals(item, decision, probability, why)
         await self._learn_signature(item, probability, transitions)
         self.metrics.messages_scored.inc()
         self.metrics.spam_probability.observe(probability)
-        result = await self._record(item, bundle, decision, probability, reasons, locked=False)
+        rate_limited = decision.action is Action.DEFER and state.status is AccountStatus.RATE_LIMITED
+        result = await self._record(
+            item, bundle, decision, probability, reasons, locked=False, rate_limited=rate_limited
+        )
         result.account_evidence = account_evidence(state, item.engagement_evidence, self.policy)
         return result
 
@@ -373,7 +485,67 @@ class Scorer:
         return floored, [reason, *reasons][: self.reasons]
 
     async def _finish_locked(self, item: _Pending, bundle: ModelBundle) -> ScoreResult:
-        return await self._record(item, bundle, locked_decision(), None, [], locked=True)
+        if (state := item.unrecorded) is not None:
+            # A change waits for its record: deferred (the relay retries), not judged meanwhile.
+            risk = account_risk(state.evidence, self.policy.lock_threshold)
+            decision = Decision(Action.DEFER, risk, pending_locks(state))
+            reasons = [self._unrecorded_reason(state)][: self.reasons]
+            result = await self._record(item, bundle, decision, None, reasons, locked=True)
+            result.account_locked = state.locked  # still locked while the end of its lock waits
+            return result
+        # Why it is locked, in the reasons: the lock's own reason, how long, by whom.
+        reasons = [_lock_reason(item.lock)][: self.reasons] if item.lock is not None else []
+        return await self._record(item, bundle, locked_decision(), None, reasons, locked=True)
+
+    def _unrecorded_reason(self, state: AccountState) -> Reason:
+        return Reason("lifecycle_not_recorded", 0.0, 0.0, unrecorded_description(state))
+
+    def _malware_reason(self, scan: Scan, state: AccountState) -> Reason:
+        added = 0.0 if state.allowlisted else malware_evidence(self.policy)
+        scanned = f"{scan.scanned_bytes} bytes scanned" + (", the start of a longer message" if scan.truncated else "")
+        effect = (
+            "the account is allowlisted: no evidence added"
+            if state.allowlisted
+            else f"{added:.1f} nats of evidence against the account, enough to lock it on its own"
+        )
+        description = f"ClamAV (clamd) found {scan.signature} in the message ({scanned}): it is refused; {effect}"
+        return Reason("malware", 1.0, added, description)
+
+    def _fails_closed(self, scan: Scan | None) -> bool:
+        return scan is not None and scan.failed and self.scanner is not None and not self.scanner.fail_open
+
+    def _scan_failed_reason(self, scan: Scan | None) -> Reason:
+        assert scan is not None
+        return Reason(
+            "malware_scan_failed",
+            0.0,
+            0.0,
+            f"The message could not be scanned for malware ({scan.failure}: {scan.detail}); clamd fails closed "
+            "here (OUTGUARD_CLAMD_FAIL_OPEN=false), so it is deferred until clamd answers",
+        )
+
+    async def _learn_malware(self, item: _Pending, scan: Scan) -> None:
+        """A message carrying malware is known spam: its content is held from every other account too.
+
+        Remembered with the account's lock signatures, so that an admin who vouches for
+        the account (the detection was false) takes it down with them.
+        """
+        if self.fingerprints is None or item.fingerprint is None:
+            return
+        signature_id, created = await self.fingerprints.add(
+            Fingerprint.from_bytes(item.fingerprint),
+            source="malware",
+            actor="clamd",
+            at=item.message.timestamp,
+            message_id=item.message.message_id,
+            note=scan.signature,
+        )
+        if created:
+
+            def remember(state: AccountState) -> None:
+                state.lock_signatures = (*state.lock_signatures, signature_id)[-MAX_LOCK_SIGNATURES:]
+
+            await self.accounts.update(item.key, remember)
 
     async def _record(
         self,
@@ -383,11 +555,12 @@ class Scorer:
         probability: float | None,
         reasons: list[Reason],
         locked: bool,
+        rate_limited: bool = False,
     ) -> ScoreResult:
         self.metrics.actions.labels(decision.action.value).inc()
         if decision.lock_recommended:
             self.metrics.lock_recommendations.inc()
-        message = item.message
+        message, conflict = item.message, item.identity.conflict
         if not locked:
             await self.index.remember(
                 MessageRef(
@@ -425,9 +598,10 @@ class Scorer:
                 scored_at=time.time(),
                 shadow_model_version=item.shadow[0] if item.shadow else None,
                 shadow_probability=item.shadow[1] if item.shadow else None,
+                identity_conflict=orjson.dumps(conflict.as_dict()).decode() if conflict else None,
             )
         )
-        return ScoreResult(
+        result = ScoreResult(
             message_id=item.message.message_id,
             account=item.key.account,
             identity_source=item.identity.source,
@@ -439,13 +613,73 @@ class Scorer:
             reasons=reasons,
             model_version=bundle.version,
             strip_headers=item.identity.strip_headers,
+            identity_conflict=conflict,
+            relay=item.key.relay,
+            rate_limited=rate_limited,
+            lock=item.lock if locked else None,
+            malware=item.scan if item.scan is not None and item.scan.infected else None,
         )
+        result.smtp_reply = smtp_reply(result, self.policies(item.key.relay))
+        if result.malware is not None and result.action == Action.REJECT.value:  # 550 5.7.1 Virus found: NAME
+            signature = result.malware.signature or "unnamed"
+            result.smtp_reply = virus_reply(signature, result.account, self.policies(item.key.relay))
+        return result
 
     async def apply_transitions(self, key: AccountKey, state: AccountState, transitions: list[Transition]) -> None:
-        """Record lifecycle changes durably, then announce them."""
+        """Record lifecycle changes durably, then announce them; the caller applies them only after this returns.
+
+        `LedgerUnavailable` (a 503) when the database refused: nothing was recorded or announced.
+        """
         if not transitions:
             return
         await self.ledger.record(key, state, transitions)
+        await self._announce_transitions(key, state, transitions)
+
+    async def _settle_lifecycle(self, key: AccountKey, state: AccountState, at: float) -> tuple[AccountState, bool]:
+        """Before a message is judged: record the account's pending change, then a temporary lock that is due to end.
+
+        The state after them, and whether nothing is left waiting for its record (False:
+        the message is deferred). Only an account with something pending or a lock that
+        is due goes through the read-change-write: every other message reads once (with
+        Redis, one GET instead of a WATCH transaction).
+        """
+        state, recorded = await self._commit_pending(key, state)
+        if recorded and lock_has_expired(state, at):
+            state, _ = await self.accounts.update(key, lambda s: expire_lock_held_back(s, at))
+            state, recorded = await self._commit_pending(key, state)
+        return state, recorded
+
+    async def _commit_pending(self, key: AccountKey, state: AccountState) -> tuple[AccountState, bool]:
+        """Record the account's held-back lifecycle change; once committed, it takes effect and is announced.
+
+        The state after, and whether nothing is left pending. When the database refuses,
+        the change stays pending (not applied) for the account's next message to retry.
+        """
+        if not state.pending_change:
+            return state, True
+        if key in self._committing:  # another message of the account is recording it right now
+            return state, False
+        recorded = state.pending_change
+        target, transitions = pending_target(state)
+        self._committing.add(key)
+        try:
+            try:
+                await self.ledger.record(key, target, transitions)
+            except LedgerUnavailable as error:
+                log.warning(
+                    "a lifecycle change (%s) could not be recorded; not applied, the account's mail is deferred: %s",
+                    ", ".join(t.action for t in transitions),
+                    type(error.__cause__ or error).__name__,
+                )
+                return state, False
+            state, taken = await self.accounts.update(key, lambda s: take_pending(s, recorded))
+        finally:
+            self._committing.discard(key)
+        if taken:
+            await self._announce_transitions(key, state, transitions)
+        return state, not state.pending_change
+
+    async def _announce_transitions(self, key: AccountKey, state: AccountState, transitions: list[Transition]) -> None:
         for transition in transitions:
             self.metrics.transitions.labels(transition.action).inc()
             if (event_type := TRANSITION_EVENTS.get(transition.action)) is not None:
@@ -479,14 +713,21 @@ class Scorer:
             await self.notifier.announce("account.volume_spike", item.key, payload)
 
     async def _learn_signature(self, item: _Pending, probability: float, transitions: list[Transition]) -> None:
-        """The message that got its account locked is known spam, if it looked like spam.
+        """The message that got its account locked is known spam, if it would have been held on its own.
+
+        A lock is the model's and the account's evidence, not a person's word. A lock
+        message that scored under the hold threshold was not confidently spam; learning
+        it would floor every other account that sends the same content at the known-spam
+        probability, so one shop's false lock on an open-source shop template would
+        cascade to every shop that sends it. Complaints and admin verdicts, which are a
+        person's word, teach at a lower bar (`complaint_min_probability`).
 
         The account remembers the signatures its locks taught, so that an admin who
         says the lock was false takes them down with it (`service.feedback.verdicts`).
         """
         if self.fingerprints is None or item.fingerprint is None:
             return
-        if probability < self.fingerprints.policy.complaint_min_probability:
+        if probability < max(self.policy.hold_threshold, self.fingerprints.policy.complaint_min_probability):
             return
         if any(t.action in ("locked_temporary", "locked") for t in transitions):
             signature_id, created = await self.fingerprints.add(
@@ -564,6 +805,20 @@ VOLUME_SPIKE_MIN_PER_HOUR = 20
 VOLUME_SPIKE_LOG_RATIO = math.log(10)
 
 
+def _conflict_corroboration(identity: Identity) -> tuple[str, ...]:
+    """A header naming another login than the SASL user corroborates a new account's spam.
+
+    It adds no evidence of its own: mail relayed from another server (a mailing list, a
+    customer's own MTA behind this relay) carries that server's `Received` and
+    `X-AuthUser` lines, so on ham it costs nothing. But a login that sends spam-scored
+    mail while passing it off as someone else's is not a cold start to wait out: like a
+    sprayed recipient list, it lets its own content evidence lock it.
+    """
+    if identity.conflict is None:
+        return ()
+    return (f"a {identity.conflict.header} header naming another account than its SASL login",)
+
+
 def _risk_reason(
     decision: Decision,
     probability: float,
@@ -573,15 +828,17 @@ def _risk_reason(
     known_spam: SignatureMatch | None = None,
     standing: Standing | None = None,
     corroborated_by: tuple[str, ...] | None = None,
+    malware: Scan | None = None,
 ) -> str:
     """Why the account is where it is, in words (lock reasons, webhooks, incident reports).
 
     `corroborated_by` is None for an established account, else what corroborates a new one.
     """
     top = ", ".join(r.name for r in reasons[:3] if r.contribution > 0) or "no single feature"
-    verdict = "enough evidence of spam to lock" if decision.lock_recommended else "evidence of spam building up"
+    verdict = AUTOMATIC_LOCK_VERDICT if decision.lock_recommended else "evidence of spam building up"
+    found = f"; clamd found malware in the last message: {malware.signature}" if malware is not None else ""
     why = (
-        f"{verdict} (account risk {decision.account_risk:.2f}); the last message scored {probability:.3f} "
+        f"{verdict} (account risk {decision.account_risk:.2f}){found}; the last message scored {probability:.3f} "
         f"spam probability, driven by {top}"
     )
     if known_spam is not None:
@@ -602,12 +859,42 @@ def _risk_reason(
     return why
 
 
+def _malware_transition(state: AccountState, item: _Pending, scan: Scan, decision: Decision) -> Transition:
+    """The detection as an audit-log entry (no change of status), recorded with the account's lifecycle change.
+
+    Announced as `account.malware_detected` once recorded (`service.notify.TRANSITION_EVENTS`).
+    """
+    return Transition(
+        "malware_detected",
+        state.status,
+        state.status,
+        SYSTEM_ACTOR,
+        f"clamd found {scan.signature} in message {item.message.message_id}",
+        item.message.timestamp,
+        {
+            "signature": scan.signature,
+            "message_id": item.message.message_id,
+            "queue_id": item.message.queue_id,
+            "scanned_bytes": scan.scanned_bytes,
+            "truncated": scan.truncated,
+            "lock_recommended": decision.lock_recommended,
+            "allowlisted": state.allowlisted,
+            "account_risk": decision.account_risk,
+        },
+    )
+
+
 _STANDING_WORDS = {
     Standing.NEW_CONTENT: "content the account had not sent before",
     Standing.NORMAL: "a template the account has long sent (counted only as ham)",
     Standing.REPEAT: "a repeat of a template the account first sent within the last day (counted once)",
     Standing.NEW_TEMPLATE: "a template the account started sending within the last day",
 }
+
+
+def _lock_reason(lock: LockInfo) -> Reason:
+    """A locked account's answer says why: the lock's reason, how long it lasts, who locked it."""
+    return Reason("account_locked", 1.0, 0.0, lock.describe())
 
 
 def _behaviour(row: np.ndarray) -> Behaviour:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from string import Formatter
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -42,6 +43,71 @@ class RelayPolicy(BaseModel):
     rate_limit_burst: float = Field(default=10.0, ge=1, description="Token bucket size")
     temporary_lock_s: int = Field(default=3_600, ge=60, description="How long an automatic lock lasts")
     permanent_after: int = Field(default=3, ge=1, description="The Nth automatic lock is permanent")
+    # SMTP reply texts (`service.adapters.replies`): placeholders {account}, {incident}, {lock_summary},
+    # {until}, {virus}; with reply_reveal_scores also {spam_probability}, {account_risk}, {reasons},
+    # {lock_reason}. The code and enhanced status are fixed by the action (451 4.7.1, 550 5.7.1).
+    reply_reject: str = Field(
+        default="Message refused as spam. Contact support if this is wrong.",
+        max_length=400,
+        description="550 5.7.1 text for a rejected message",
+    )
+    reply_locked: str = Field(
+        default="Account {account} is locked: {lock_summary} (incident {incident}). Contact support.",
+        max_length=400,
+        description="550 5.7.1 text for a locked account's mail",
+    )
+    reply_defer: str = Field(
+        default="Message deferred, try again later.", max_length=400, description="451 4.7.1 text for a deferral"
+    )
+    reply_rate_limited: str = Field(
+        default="Too many messages from {account}, try again later.",
+        max_length=400,
+        description="451 4.7.1 text for a rate-limited account over its allowance",
+    )
+    reply_hold: str = Field(
+        default="Message held for review, try again later.",
+        max_length=400,
+        description="Quarantine reason for a held message; the 451 4.7.1 text where the protocol cannot hold",
+    )
+    reply_virus: str = Field(
+        default="Virus found: {virus}", max_length=400, description="550 5.7.1 text for a message carrying malware"
+    )
+    reply_reveal_scores: bool = Field(
+        default=False,
+        description="Put the spam probability, account risk and reasons in SMTP replies and added headers "
+        "(a spammer can tune against them: only for relays whose senders you trust)",
+    )
+
+    @model_validator(mode="after")
+    def _reply_placeholders(self) -> RelayPolicy:
+        for name in REPLY_TEMPLATES:
+            check_reply_template(name, getattr(self, name), self.reply_reveal_scores)
+        return self
+
+
+# Placeholders every reply template may use, and those that give a spammer something to tune
+# against (only with reply_reveal_scores).
+REPLY_TEMPLATES = ("reply_reject", "reply_locked", "reply_defer", "reply_rate_limited", "reply_hold", "reply_virus")
+REPLY_FIELDS = frozenset({"account", "incident", "lock_summary", "until", "virus"})
+REPLY_SCORE_FIELDS = frozenset({"spam_probability", "account_risk", "reasons", "lock_reason"})
+
+
+def check_reply_template(name: str, template: str, reveal_scores: bool) -> None:
+    """A reply template is one printable ASCII line whose placeholders are bare `{name}`s it may use."""
+    if not template.isascii() or not template.isprintable():
+        raise ValueError(f"{name}: an SMTP reply is one line of printable ASCII")
+    try:
+        parts = list(Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc} (write a literal brace as {{{{ or }}}})") from None
+    for _, field, spec, conversion in parts:
+        if field is None:
+            continue
+        if spec or conversion or field not in REPLY_FIELDS | REPLY_SCORE_FIELDS:
+            allowed = ", ".join(f"{{{f}}}" for f in sorted(REPLY_FIELDS | REPLY_SCORE_FIELDS))
+            raise ValueError(f"{name}: unknown placeholder {{{field}}}; use one of {allowed}")
+        if field in REPLY_SCORE_FIELDS and not reveal_scores:
+            raise ValueError(f"{name}: {{{field}}} reveals scores; it needs reply_reveal_scores set to true")
 
 
 class Settings(BaseSettings):
@@ -80,6 +146,12 @@ class Settings(BaseSettings):
         description="With Redis unreachable, keep scoring on content alone (true) or answer 503 (false)",
     )
     redis_timeout_s: float = Field(default=0.25, gt=0, description="Per Redis command, before it counts as down")
+    redis_probe_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="After a Redis failure, calls skip Redis until a probe (one PING, every this many seconds) "
+        "finds it again",
+    )
     shared_refresh_s: float = Field(
         default=5.0, gt=0, description="How often identity rules and webhook subscriptions are re-read (seconds)"
     )
@@ -97,13 +169,50 @@ class Settings(BaseSettings):
         default=500_000, ge=1, description="Recently scored Message-IDs kept in memory for matching feedback"
     )
 
+    # -- malware scanning with ClamAV (service.scanning, docs/clamav.md)
+    clamd: str | None = Field(
+        default=None,
+        description="Where clamd listens: unix:/run/clamav/clamd.ctl or tcp:HOST:PORT. Set: raw messages with "
+        "attachments are scanned (INSTREAM) while their features are computed; unset: no scanning",
+    )
+    clamd_scan: Literal["attachments", "all"] = Field(
+        default="attachments",
+        description="Which raw messages go to clamd: those with an attachment (a named, attached or non-text part, "
+        "or uuencoded lines), or all",
+    )
+    clamd_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait for clamd's verdict on one message (connect, send, answer)"
+    )
+    clamd_max_bytes: int = Field(
+        default=25 * 1024 * 1024,
+        ge=1024,
+        description="A message longer than this is scanned up to it (its first bytes); keep it at most clamd's "
+        "StreamMaxLength (25 MB by default)",
+    )
+    clamd_connections: int = Field(default=8, ge=1, le=1_000, description="Scans in flight at once, per process")
+    clamd_fail_open: bool = Field(
+        default=True,
+        description="With clamd down or timing out, score the message unscanned (true) or answer defer (false)",
+    )
+
     # -- model
     model_dir: Path = PROJECT_ROOT / "models" / "default"
     data_dir: Path = PROJECT_ROOT.parent / "shared" / "data"
     cache_dir: Path = PROJECT_ROOT / ".cache"
 
     # -- request limits
-    max_raw_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_raw_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="Largest message content: `raw`, or the structured subject, text, html, headers and attachment "
+        "names together (bytes as UTF-8); refused with 413",
+    )
+    max_headers: int = Field(
+        default=1_000, ge=1, le=10_000, description="Most header fields in a structured message (413 over it)"
+    )
+    max_attachments: int = Field(
+        default=1_000, ge=1, le=10_000, description="Most attachments in a structured message (413 over it)"
+    )
     max_request_bytes: int = Field(
         default=100 * 1024 * 1024, ge=1024, description="Largest request body; refused with 413 before it is read"
     )
@@ -152,6 +261,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Engagement evidence (bounces to invalid recipients, complaints; nats) that corroborates a new "
         "account's spam-like content",
+    )
+    corroborating_bad_outcomes: float = Field(
+        default=2.0,
+        ge=0,
+        description="Invalid recipients and complaints (decayed count) the engagement evidence must rest on to "
+        "corroborate: one is a typo as often as a spam run",
     )
     corroborating_recipients_1h: int = Field(
         default=100, ge=1, description="Recipients in the last hour that corroborate a new account's spam-like content"
@@ -247,6 +362,81 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(default=5.0, gt=0, description="First retry delay; doubles per attempt")
     webhook_backoff_max_s: float = Field(default=3_600.0, gt=0)
 
+    # -- milter (service.adapters.milter; docs/relay-integration.md)
+    milter_listen: str | None = Field(
+        default=None,
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description="HOST:PORT ([::1]:PORT for IPv6) where the same process serves the milter protocol; unset: off",
+    )
+    milter_relay: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._:@-]{1,128}$",
+        description="The relay name of milter traffic; unset: the MTA's {daemon_name} macro (else `default`)",
+    )
+    milter_score_timeout_s: float = Field(
+        default=20.0, gt=0, description="Longest wait for a message's score; past it, milter_error_action applies"
+    )
+    milter_idle_timeout_s: float = Field(
+        default=3_600.0, gt=0, description="A milter connection silent this long is closed (the MTA reconnects)"
+    )
+    milter_error_action: Literal["mta", "accept", "tempfail"] = Field(
+        default="mta",
+        description="When scoring fails or times out: `mta` closes the connection so the MTA applies its own "
+        "milter_default_action (Postfix) or F= flag (Sendmail); or answer accept / tempfail (451 4.7.1)",
+    )
+    milter_oversize: Literal["truncate", "tempfail"] = Field(
+        default="truncate",
+        description="A message over max_raw_bytes: score the first max_raw_bytes of it, or answer 451 4.7.1",
+    )
+    milter_max_connections: int = Field(
+        default=512, ge=1, description="Open milter connections; more are closed at once (the MTA's default action)"
+    )
+    milter_allowed_clients: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Networks (CIDR) whose MTAs may use the milter, which has no authentication of its own; "
+        "others are disconnected",
+    )
+
+    @field_validator("milter_allowed_clients")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        from ipaddress import ip_network
+
+        for network in value:
+            try:
+                ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"milter_allowed_clients: {network!r} is not a network (CIDR)") from None
+        return value
+
+    # -- Exim's spamd protocol (RSPAMC/1.3) and the Postfix policy gate (service.adapters.rspamc, .policy).
+    # Neither protocol carries a token: bind loopback, or an address only the relay reaches.
+    rspamc_listen: str | None = Field(
+        default=None,
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description="HOST:PORT serving Exim's `spamd_address = HOST PORT variant=rspamd` (RSPAMC/1.3); unset: off",
+    )
+    rspamc_relay: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9._:@-]{1,128}$",
+        description="The relay name of RSPAMC traffic (a request's MTA-Tag header names another)",
+    )
+    policy_listen: str | None = Field(
+        default=None,
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description="HOST:PORT serving Postfix's policy delegation (check_policy_service inet:HOST:PORT); unset: off",
+    )
+    policy_relay: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9._:@-]{1,128}$",
+        description="The relay name of policy requests (Postfix's policy_context attribute names another)",
+    )
+    policy_count_messages: bool = Field(
+        default=True,
+        description="Count each message at END-OF-MESSAGE in its account's windows and rate limit; false when the "
+        "relay also scores its messages (milter, /checkv2, spamd), which counts them already",
+    )
+
     relay_policy: RelayPolicy = Field(default_factory=RelayPolicy)
     relay_policies: dict[str, dict[str, object]] = Field(
         default_factory=dict,
@@ -256,6 +446,15 @@ class Settings(BaseSettings):
     def policy_for(self, relay: str) -> RelayPolicy:
         overrides = self.relay_policies.get(relay)
         return self.relay_policy.model_copy(update=overrides) if overrides else self.relay_policy
+
+    @field_validator("clamd")
+    @classmethod
+    def _clamd_address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from service.scanning.clamd import ClamdAddress
+
+        return str(ClamdAddress.parse(value))
 
     @field_validator("relay_policies")
     @classmethod
@@ -296,6 +495,7 @@ class Settings(BaseSettings):
             baseline_age_s=self.baseline_age_s,
             established_min_messages=self.established_min_messages,
             corroborating_engagement=self.corroborating_engagement,
+            corroborating_bad_outcomes=self.corroborating_bad_outcomes,
             corroborating_recipients_1h=self.corroborating_recipients_1h,
             corroborating_domains_1h=self.corroborating_recipient_domains_1h,
             corroborating_client_ips_1h=self.corroborating_client_ips_1h,

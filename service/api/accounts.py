@@ -22,6 +22,7 @@ from features.engagement import engagement_features
 from features.spec import FEATURE_INDEX
 from service.api.common import ContainerDep, json_response
 from service.api.routes import ERRORS
+from service.api.schemas import Name
 from service.container import Container
 from service.decision import account_risk
 from service.feedback.verdicts import signatures_to_take_down
@@ -32,20 +33,35 @@ from service.stores import AccountKey, AccountState
 from service.stores.database import mappings
 
 accounts_router = APIRouter(prefix="/v1/accounts", tags=["accounts"], responses=ERRORS)
-RelayPath = Annotated[str, Path(min_length=1, max_length=128)]
-AccountPath = Annotated[str, Path(min_length=1, max_length=998)]
+RelayPath = Annotated[Name, Path(min_length=1, max_length=128)]
+AccountPath = Annotated[Name, Path(min_length=1, max_length=998)]
 RECENT = 20
+# The longest lock an admin may set for a while rather than for good: ten years (a
+# permanent lock is the default); longer ones would end past any date a report can print.
+MAX_LOCK_S = 10 * 365 * 86_400
+INCIDENT_CONTENT = {
+    200: {
+        "description": "The report, as `format` asks",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/markdown": {"schema": {"type": "string"}},
+            "text/html": {"schema": {"type": "string"}},
+        },
+    }
+}
 
 
 class AdminAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    actor: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    actor: Annotated[Name, StringConstraints(min_length=1, max_length=256)]
+    reason: Annotated[Name, StringConstraints(min_length=1, max_length=2000)]
 
 
 class LockIn(AdminAction):
-    duration_s: int | None = Field(default=None, ge=60, description="A temporary lock; default: permanent")
+    duration_s: int | None = Field(
+        default=None, ge=60, le=MAX_LOCK_S, description="A temporary lock, up to ten years; default: permanent"
+    )
 
 
 class AllowlistIn(AdminAction):
@@ -139,6 +155,7 @@ async def incident_report(container: Container, key: AccountKey) -> dict[str, An
 @accounts_router.get(
     "/{relay}/{account:path}/incident",
     summary="The incident report: what was seen, why it was locked, what to do next (JSON, Markdown or HTML)",
+    responses=INCIDENT_CONTENT,
 )
 async def incident(
     relay: RelayPath,

@@ -29,7 +29,13 @@ ROUTE_SCOPES: tuple[tuple[str, TokenScope], ...] = (
 )
 
 
+# Rspamd's scan route (service.api.rspamd) scores like /v1/score; its /ping is open like /healthz.
+RSPAMD_SCAN = "/checkv2"
+
+
 def required_scope(path: str) -> TokenScope | None:
+    if path == RSPAMD_SCAN:
+        return TokenScope.SCORE
     if not path.startswith("/v1/"):
         return None
     for prefix, scope in ROUTE_SCOPES:

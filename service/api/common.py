@@ -27,7 +27,8 @@ def json_response(body: object, status_code: int = 200) -> Response:
 
 def event_time(value: datetime | None, limits: Settings, position: str = "", now: datetime | None = None) -> float:
     """Seconds since the epoch; default now. Refuses the far future: one message from it would
-    make every later one look late to its account's windows."""
+    make every later one look late to its account's windows. And refuses the time before the
+    epoch: no mail was sent then, and its reports could not print the date (year 0)."""
     now = now or datetime.now(UTC)
     moment = value or now
     if (ahead := (moment - now).total_seconds()) > limits.max_clock_skew_s:
@@ -35,4 +36,6 @@ def event_time(value: datetime | None, limits: Settings, position: str = "", now
             f"{position}timestamp is {ahead:.0f} s in the future, more than the allowed clock skew of "
             f"{limits.max_clock_skew_s} s"
         )
-    return moment.timestamp()
+    if (seconds := moment.timestamp()) < 0:
+        raise InvalidInput(f"{position}timestamp is before 1970-01-01T00:00:00Z, the Unix epoch")
+    return seconds

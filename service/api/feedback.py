@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from features.fingerprint import Fingerprint
 from service.api.common import ContainerDep, event_time, json_response
 from service.api.feedback_schemas import FeedbackBatchIn, FeedbackIn, LabelIn
-from service.api.routes import ERRORS
+from service.api.routes import ERRORS, UNSUPPORTED_MEDIA_TYPE
 from service.container import Container
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.feedback.arf import arf_events
@@ -19,7 +19,8 @@ from service.feedback.bounces import bounce_class, invalid_recipient
 from service.feedback.dsn import dsn_events
 from service.feedback.reports import MalformedReport
 from service.feedback.verdicts import apply_verdict, signatures_to_take_down
-from service.stores import FeedbackEvent, FeedbackType, Label, MessageRef, Verdict
+from service.lifecycle import Transition
+from service.stores import AccountKey, AccountState, FeedbackEvent, FeedbackType, Label, MessageRef, Verdict
 
 feedback = APIRouter(prefix="/v1", tags=["feedback"], responses=ERRORS)
 
@@ -72,7 +73,9 @@ async def _report_body(request: Request) -> bytes:
 async def _ingest_report(request: Request, container: Container, parse: object, relay: str | None) -> Response:
     body = await _report_body(request)
     try:
-        events = parse(body, container.scorer.hash_recipient)  # type: ignore[operator]
+        events = parse(  # type: ignore[operator]
+            body, container.scorer.hash_recipient, max_clock_skew_s=container.settings.max_clock_skew_s
+        )
     except MalformedReport as exc:
         raise InvalidInput(str(exc)) from None
     for event in events:
@@ -83,6 +86,7 @@ async def _ingest_report(request: Request, container: Container, parse: object, 
 
 @feedback.post(
     "/feedback/dsn",
+    responses=UNSUPPORTED_MEDIA_TYPE,
     summary="Ingest a delivery status notification (RFC 3464), the raw message as message/rfc822",
     openapi_extra={"requestBody": {"content": {"message/rfc822": {"schema": {"type": "string"}}}}},
 )
@@ -94,6 +98,7 @@ async def ingest_dsn(
 
 @feedback.post(
     "/feedback/arf",
+    responses=UNSUPPORTED_MEDIA_TYPE,
     summary="Ingest an abuse report from a feedback loop (ARF, RFC 5965), the raw message as message/rfc822",
     openapi_extra={"requestBody": {"content": {"message/rfc822": {"schema": {"type": "string"}}}}},
 )
@@ -122,15 +127,18 @@ async def add_label(item: LabelIn, container: ContainerDep) -> Response:
     signatures = await _verdict_signatures(container, label, ref)
     container.metrics.labels_received.labels(label.label.value).inc()
     at = time.time()
-    key, state, transitions = await apply_verdict(label, container.accounts, container.scorer.policy, at)
-    if key is not None and state is not None:
+    false_lock: list[int] = []
+
+    async def record(key: AccountKey, state: AccountState, transitions: list[Transition]) -> None:
         # A clean verdict vouches for the account's templates: the signatures its own
         # false lock taught are named in the audit log, then taken down.
-        false_lock = signatures_to_take_down(container.fingerprints, transitions, state.templates)
+        false_lock.extend(signatures_to_take_down(container.fingerprints, transitions, state.templates))
         await container.scorer.apply_transitions(key, state, transitions)
-        if false_lock and container.fingerprints is not None:
-            removed = await container.fingerprints.remove(false_lock, label.actor, at)
-            signatures["removed"] = [*signatures["removed"], *removed]
+
+    await apply_verdict(label, container.accounts, container.scorer.policy, at, record)
+    if false_lock and container.fingerprints is not None:
+        removed = await container.fingerprints.remove(false_lock, label.actor, at)
+        signatures["removed"] = [*signatures["removed"], *removed]
     return json_response(
         {
             "id": label_id,

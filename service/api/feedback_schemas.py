@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from service.api.schemas import ShortText
+from service.api.schemas import Name, ShortText
 from service.stores import FeedbackType, LabelTarget, Verdict
 
 Status = Annotated[str, StringConstraints(pattern=r"^[245]\.\d{1,3}\.\d{1,3}$")]
@@ -39,7 +39,7 @@ class FeedbackIn(BaseModel):
         },
     )
 
-    event_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+    event_id: Annotated[Name, StringConstraints(min_length=1, max_length=256)] = Field(
         description="Idempotency key: the same id twice counts once"
     )
     type: FeedbackType
@@ -74,8 +74,8 @@ class LabelIn(BaseModel):
     message_id: ShortText | None = None
     relay: ShortText = "default"
     account: ShortText | None = None
-    actor: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    reason: Annotated[str, StringConstraints(max_length=2000)] = ""
+    actor: Annotated[Name, StringConstraints(min_length=1, max_length=256)]
+    reason: Annotated[Name, StringConstraints(max_length=2000)] = ""
     timestamp: datetime | None = None
 
     @model_validator(mode="after")

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from features.message import parse_raw, parse_structured
 from service.api.common import ContainerDep, json_response
-from service.api.routes import ERRORS
-from service.api.schemas import MessageIn
+from service.api.routes import ERRORS, checked_content
+from service.api.schemas import MessageIn, Name
 from service.errors import InvalidInput
 from service.identity import HeaderRule, InvalidRule, resolve_identity
 
@@ -27,13 +27,23 @@ class RuleIn(BaseModel):
     header: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     pattern: str | None = Field(default=None, description="RE2 with one capture group; null takes the whole value")
     strip: bool = Field(default=False, description="Tell the relay to remove the header once used")
+    trusted: StrictBool = Field(
+        default=False,
+        description="The relay writes this header and strips it from client input, so it outranks the SASL user. "
+        "Untrusted (the default): a header the sender can write, used only when there is no SASL user",
+    )
+    identifies: Literal["login", "script"] = Field(
+        default="login",
+        description="What the header names: a login (a different one than the SASL user is reported as "
+        "`identity_conflict`) or a sending script within a hosting account (e.g. X-PHP-Originating-Script)",
+    )
 
 
 class RulesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rules: list[RuleIn] = Field(max_length=MAX_RULES)
-    actor: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    actor: Annotated[Name, StringConstraints(min_length=1, max_length=256)]
 
 
 class DryRunIn(BaseModel):
@@ -48,7 +58,7 @@ def build_rules(rules: list[RuleIn]) -> list[HeaderRule]:
     if len(set(names)) != len(names):
         raise InvalidInput("rule names must be unique within a relay")
     try:
-        return [HeaderRule.build(r.name, r.header, r.pattern, r.strip) for r in rules]
+        return [HeaderRule.build(r.name, r.header, r.pattern, r.strip, r.trusted, r.identifies) for r in rules]
     except InvalidRule as exc:
         raise InvalidInput(str(exc)) from None
 
@@ -79,10 +89,9 @@ async def reset_rules(relay: RelayPath, container: ContainerDep) -> Response:
 async def dry_run(relay: RelayPath, body: DryRunIn, container: ContainerDep) -> Response:
     rules = build_rules(body.rules) if body.rules is not None else list(container.rules.rules_for(relay))
     message = body.message
-    if message.raw is not None or message.raw_base64 is not None:
-        import base64
-
-        parsed = parse_raw(message.raw if message.raw is not None else base64.b64decode(message.raw_base64 or ""))
+    raw = checked_content(message, container.settings)  # the scoring limits: 413 over them
+    if raw is not None:
+        parsed = parse_raw(raw)
     else:
         parsed = parse_structured(message.headers, message.subject, message.text, message.html, None)
     identity = resolve_identity(
@@ -100,6 +109,7 @@ async def dry_run(relay: RelayPath, body: DryRunIn, container: ContainerDep) -> 
                 "account": identity.account,
                 "source": identity.source,
                 "strip_headers": list(identity.strip_headers),
+                "conflict": identity.conflict.as_dict() if identity.conflict else None,
             },
             "rules": [{**r.as_dict(), "extracted": r.extract(parsed.all_headers)} for r in rules],
         }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from service.api.common import ContainerDep, json_response
@@ -23,7 +25,10 @@ async def reload_models(container: ContainerDep) -> Response:
 
 
 @models_router.get("/shadow", summary="The acting model against the shadow model on the same traffic")
-async def shadow_comparison(container: ContainerDep, since: float = 0.0) -> Response:
+async def shadow_comparison(
+    container: ContainerDep,
+    since: Annotated[float, Query(allow_inf_nan=False, description="Unix seconds")] = 0.0,
+) -> Response:
     hold = container.settings.hold_threshold
     report = await container.database.read(lambda c: shadow_report(c, since, hold))
     return json_response(report)

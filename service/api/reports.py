@@ -17,6 +17,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from service.api.common import ContainerDep, json_response
 from service.api.routes import ERRORS
+from service.api.schemas import Name
 from service.errors import InvalidInput
 from service.reports.outbound import SORTABLE, GroupBy, OutboundQuery, count_groups, iter_outbound, outbound_rows
 from service.stores.database import Database
@@ -25,6 +26,16 @@ reports_router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=ERR
 
 DAY_S = 86_400.0
 MAX_PAGE = 10_000
+MAX_OFFSET = 2**63 - 1  # the databases' integers
+REPORT_CONTENT = {
+    200: {
+        "description": "A page of the report (JSON), or all of it as RFC 4180 CSV with a header row",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
+}
 
 
 def parse_time(value: str | None, name: str, default: float) -> float:
@@ -94,19 +105,24 @@ async def _csv_pages(database: Database, query: OutboundQuery) -> AsyncIterator[
         await asyncio.to_thread(stack.close)
 
 
-@reports_router.get("/outbound", summary="Messages, scores, feedback and locks per account, identity, relay or day")
+@reports_router.get(
+    "/outbound",
+    summary="Messages, scores, feedback and locks per account, identity, relay or day",
+    responses=REPORT_CONTENT,
+)
 async def outbound_report(
     container: ContainerDep,
     since: Annotated[str | None, Query(description="Start, unix seconds or RFC 3339 (default: until - 24 h)")] = None,
     until: Annotated[str | None, Query(description="End, exclusive (default: now)")] = None,
     group_by: GroupBy = GroupBy.ACCOUNT,
-    relay: str | None = None,
+    relay: Annotated[Name | None, Query(max_length=128)] = None,
     identity_source: Annotated[
-        str | None, Query(description="Only identities found this way, e.g. `rule:php-script` or `sasl`")
+        Name | None,
+        Query(max_length=1024, description="Only identities found this way, e.g. `rule:php-script` or `sasl`"),
     ] = None,
-    sort: Annotated[str, Query(description="A column; `-` first for descending")] = "-spam_messages",
+    sort: Annotated[str, Query(max_length=64, description="A column; `-` first for descending")] = "-spam_messages",
     limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="Rows per page (CSV: all by default)")] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     format: Literal["json", "csv"] = "json",
 ) -> Response:
     hold = container.settings.hold_threshold

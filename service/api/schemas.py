@@ -22,9 +22,39 @@ def _no_lone_surrogates(value: str) -> str:
     return value
 
 
+def storable(value: str) -> str:
+    """A name, id or note the service stores and looks up as given: U+0000 and lone surrogates are refused.
+
+    PostgreSQL text cannot hold U+0000, and a lone surrogate (JSON's `\\ud800`) is no
+    character at all: neither can be stored, encoded as UTF-8 or answered as JSON.
+    Refused here, with the field named, rather than stored under another name.
+    """
+    if "\x00" in value:
+        raise ValueError("contains U+0000 (NUL), which cannot be stored; remove it")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"contains a lone surrogate (U+{ord(value[exc.start]):04X}), which is not a character; "
+                "send the text as valid Unicode"
+            ) from None
+    return value
+
+
+# Content (the message's text): scored as given, lone surrogates replaced so it can be encoded.
 Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
-ShortText = Annotated[Text, StringConstraints(max_length=998)]
+# Names, ids and notes: stored and looked up as given, so what cannot be stored is refused (422).
+Name = Annotated[str, AfterValidator(storable)]
+ShortText = Annotated[Name, StringConstraints(max_length=998)]
 Relay = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
+# The most headers or attachments a message may list whatever the settings say (their
+# OUTGUARD_MAX_HEADERS and OUTGUARD_MAX_ATTACHMENTS go up to it): checked before the items
+# are validated, so a body of half a million attachments costs nothing. A batch may list
+# MAX_BATCH_LIST of them in all its messages together, or one request of a thousand
+# messages at the limit would stall the event loop for half a minute of validation.
+MAX_LIST = 10_000
+MAX_BATCH_LIST = 100_000
 
 
 def _valid_base64(value: str) -> str:
@@ -41,8 +71,8 @@ Base64Text = Annotated[str, AfterValidator(_valid_base64)]
 class AttachmentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    filename: Annotated[str, StringConstraints(max_length=1024)] = ""
-    content_type: Annotated[str, StringConstraints(max_length=255)] = "application/octet-stream"
+    filename: Annotated[Text, StringConstraints(max_length=1024)] = ""
+    content_type: Annotated[Text, StringConstraints(max_length=255)] = "application/octet-stream"
     size: int = Field(default=0, ge=0, description="Bytes")
 
 
@@ -66,7 +96,7 @@ class MessageIn(BaseModel):
         },
     )
 
-    message_id: Annotated[str, StringConstraints(min_length=1, max_length=998)]
+    message_id: Annotated[Name, StringConstraints(min_length=1, max_length=998)]
     timestamp: datetime | None = Field(default=None, description="RFC 3339; default now. Windows use it.")
     relay: Relay = "default"
     account: ShortText | None = None
@@ -80,11 +110,15 @@ class MessageIn(BaseModel):
     raw_base64: Base64Text | None = Field(
         default=None, description="The whole RFC 5322 message, base64 of its bytes: exact for 8-bit mail"
     )
-    headers: list[tuple[Text, Text]] | None = None
+    headers: list[tuple[Text, Text]] | None = Field(
+        default=None, max_length=MAX_LIST, description="`[name, value]` pairs, at most OUTGUARD_MAX_HEADERS"
+    )
     subject: Text | None = None
     text: Text | None = None
     html: Text | None = None
-    attachments: list[AttachmentIn] | None = None
+    attachments: list[AttachmentIn] | None = Field(
+        default=None, max_length=MAX_LIST, description="At most OUTGUARD_MAX_ATTACHMENTS"
+    )
 
     @field_validator("client_ip")
     @classmethod
@@ -120,12 +154,38 @@ class BatchIn(BaseModel):
 
     messages: list[MessageIn] = Field(min_length=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _few_enough_parts(cls, data: object) -> object:
+        """Counted before any message is validated: a len() per list, not a validation per item."""
+        messages = data.get("messages") if isinstance(data, dict) else None
+        if isinstance(messages, list):
+            parts = sum(
+                len(value)
+                for message in messages
+                if isinstance(message, dict)
+                for value in (message.get("headers"), message.get("attachments"))
+                if isinstance(value, list)
+            )
+            if parts > MAX_BATCH_LIST:
+                raise ValueError(
+                    f"the messages list {parts} headers and attachments together, more than the {MAX_BATCH_LIST} "
+                    "a batch may carry; send fewer messages per batch"
+                )
+        return data
+
 
 class ReasonOut(BaseModel):
     name: str
     value: float
     contribution: float = Field(description="Push towards spam in log-odds (TreeSHAP); negative pulls towards ham")
     description: str
+
+
+class IdentityConflictOut(BaseModel):
+    rule: str = Field(description="The identity rule that matched")
+    header: str = Field(description="The header it read")
+    claimed: str = Field(description="The login the header named (at most 256 characters)")
 
 
 class ScoreOut(BaseModel):
@@ -140,6 +200,20 @@ class ScoreOut(BaseModel):
     reasons: list[ReasonOut]
     model_version: str
     strip_headers: list[str] = Field(description="Headers the relay should remove: an identity rule used them")
+    identity_conflict: IdentityConflictOut | None = Field(
+        default=None,
+        description="A header the sender can write named another login than the SASL user (null when none did); "
+        "the SASL user is the account regardless",
+    )
+    smtp_reply: str | None = Field(
+        default=None,
+        description="The SMTP reply for the action, from the relay's reply texts: null for accept, "
+        "`451 4.7.1 ...` for defer (and for hold where the relay cannot quarantine), `550 5.7.1 ...` for reject. "
+        "No scores in it unless the relay's policy sets reply_reveal_scores",
+        examples=[
+            "550 5.7.1 Account alice@example.net is locked: suspected compromise (incident 8f2c41d0). Contact support."
+        ],
+    )
 
 
 class BatchOut(BaseModel):

@@ -11,7 +11,7 @@ import base64
 import time
 from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -19,13 +19,14 @@ from features.content import content_features
 from features.fingerprint import Fingerprint
 from features.message import parse_raw
 from service.api.common import ContainerDep, json_response
-from service.api.routes import ERRORS, raw_size
-from service.api.schemas import Base64Text, Text
+from service.api.routes import ERRORS, NOT_FOUND, raw_size
+from service.api.schemas import Base64Text, Name, Text
 from service.container import Container
 from service.errors import InvalidInput, NotFound, PayloadTooLarge
 from service.fingerprints.service import FingerprintService
 
-signatures_router = APIRouter(prefix="/v1", tags=["signatures"], responses=ERRORS)
+# Every route answers 404 while content fingerprints are switched off.
+signatures_router = APIRouter(prefix="/v1", tags=["signatures"], responses={**ERRORS, **NOT_FOUND})
 
 
 class SignatureIn(BaseModel):
@@ -39,14 +40,14 @@ class SignatureIn(BaseModel):
     )
 
     action: Literal["add", "remove"] = "add"
-    message_id: Annotated[str, StringConstraints(min_length=1, max_length=998)] | None = None
-    relay: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
+    message_id: Annotated[Name, StringConstraints(min_length=1, max_length=998)] | None = None
+    relay: Annotated[Name, StringConstraints(min_length=1, max_length=128)] | None = Field(
         default=None, description="Prefer the copy scored through this relay"
     )
     raw: Text | None = Field(default=None, description="A whole RFC 5322 message, as text")
     raw_base64: Base64Text | None = Field(default=None, description="A whole RFC 5322 message, base64 of its bytes")
-    actor: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    note: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    actor: Annotated[Name, StringConstraints(min_length=1, max_length=256)]
+    note: Annotated[Name, StringConstraints(max_length=2000)] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> SignatureIn:
@@ -102,7 +103,10 @@ async def signature_stats(container: ContainerDep) -> Response:
 
 
 @signatures_router.get("/campaigns", summary="Campaigns active now: one content leaving many accounts")
-async def active_campaigns(container: ContainerDep, at: float | None = None) -> Response:
+async def active_campaigns(
+    container: ContainerDep,
+    at: Annotated[float | None, Query(allow_inf_nan=False, description="Unix seconds (default: now)")] = None,
+) -> Response:
     service = _service(container)
     now = time.time() if at is None else at
     campaigns = [

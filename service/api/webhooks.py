@@ -4,26 +4,31 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.api.common import ContainerDep, json_response
-from service.api.routes import ERRORS
+from service.api.routes import ERRORS, NOT_FOUND
+from service.api.schemas import Name
 from service.errors import InvalidInput, NotFound
 from service.notify import EVENT_TYPES
 from service.webhooks.targets import RefusedTarget, check_target
 
 webhooks_router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ERRORS)
+# Ids are the database's 64-bit signed integers: a larger one names no subscription (422, not an overflow).
+WebhookId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The subscription's id")]
 
 
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: Annotated[str, StringConstraints(min_length=8, max_length=2048)]
-    events: list[str] = Field(min_length=1, description=f"Any of: {', '.join(EVENT_TYPES)}")
-    description: Annotated[str, StringConstraints(max_length=500)] = ""
-    secret: Annotated[str, StringConstraints(min_length=16, max_length=256)] | None = Field(
+    url: Annotated[Name, StringConstraints(min_length=8, max_length=2048)]
+    events: list[Annotated[Name, StringConstraints(max_length=64)]] = Field(
+        min_length=1, max_length=64, description=f"Any of: {', '.join(EVENT_TYPES)}"
+    )
+    description: Annotated[Name, StringConstraints(max_length=500)] = ""
+    secret: Annotated[Name, StringConstraints(min_length=16, max_length=256)] | None = Field(
         default=None, description="The signing secret; default: generated, and returned once"
     )
 
@@ -46,13 +51,13 @@ async def list_webhooks(container: ContainerDep) -> Response:
     return json_response({"webhooks": [s.public() for s in container.webhooks.subscriptions]})
 
 
-@webhooks_router.delete("/{webhook_id}", summary="Unsubscribe; pending deliveries are dropped")
-async def delete_webhook(webhook_id: int, container: ContainerDep) -> Response:
+@webhooks_router.delete("/{webhook_id}", summary="Unsubscribe; pending deliveries are dropped", responses=NOT_FOUND)
+async def delete_webhook(webhook_id: WebhookId, container: ContainerDep) -> Response:
     if not await container.webhooks.delete(webhook_id):
         raise NotFound(f"no active webhook {webhook_id}")
     return json_response({"id": webhook_id, "deleted": True})
 
 
 @webhooks_router.get("/{webhook_id}/deliveries", summary="Events queued for a subscriber, and every attempt")
-async def deliveries(webhook_id: int, container: ContainerDep) -> Response:
+async def deliveries(webhook_id: WebhookId, container: ContainerDep) -> Response:
     return json_response({"id": webhook_id, "deliveries": await container.webhooks.deliveries(webhook_id)})

@@ -9,11 +9,19 @@ _REPLY_CODE = re.compile(r"(?:^|[;\s])([245]\d\d)(?=[\s\-]|$)")
 
 
 def enhanced_status(*texts: str | None) -> str | None:
-    """The first RFC 3463 status (5.1.1) found in the fields, in order."""
-    for text in texts:
-        if text and (match := _STATUS.search(text)):
-            return ".".join(match.groups())
-    return None
+    """The first RFC 3463 status (5.1.1) found in the fields, in order.
+
+    A generic one (X.0.0) gives way to a more specific one of the same class later on:
+    Exim writes `Status: 5.0.0` for every failure and leaves the remote's `5.1.1` to the
+    Diagnostic-Code, which is what tells a bad address from any other refusal.
+    """
+    found = [".".join(match.groups()) for text in texts if text and (match := _STATUS.search(text))]
+    if not found:
+        return None
+    first = found[0]
+    if first.endswith(".0.0"):
+        return next((status for status in found[1:] if status[0] == first[0]), first)
+    return first
 
 
 def reply_code(*texts: str | None) -> int | None:

@@ -11,21 +11,20 @@ taken down (`signatures_to_take_down`, also used by an admin's unlock).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from service.decision import DecisionPolicy
 from service.fingerprints.service import FingerprintService
 from service.lifecycle import Transition, admin_unlock, admin_vouch
 from service.stores import AccountKey, AccountState, AccountStateStore, AccountStatus, Label, Verdict
 
+RecordTransitions = Callable[[AccountKey, AccountState, list[Transition]], Awaitable[None]]
 
-async def apply_verdict(
-    label: Label, accounts: AccountStateStore, policy: DecisionPolicy, at: float
-) -> tuple[AccountKey | None, AccountState | None, list[Transition]]:
-    """Apply the verdict; return the lifecycle changes it made, for the caller to record."""
-    if label.account is None or label.relay is None:
-        return None, None, []  # a message this service never scored: a label, nothing more
-    key = AccountKey(label.relay, label.account)
 
-    def apply(state: AccountState) -> list[Transition]:
+def verdict_change(label: Label, policy: DecisionPolicy) -> Callable[[AccountState, float], list[Transition]]:
+    """The verdict as a change to an account's state; it returns the lifecycle changes it made."""
+
+    def change(state: AccountState, at: float) -> list[Transition]:
         if label.label is Verdict.SPAM:
             state.evidence += policy.message_evidence_max
         elif label.label is Verdict.HAM:
@@ -41,7 +40,26 @@ async def apply_verdict(
             return [admin_unlock(state, label.actor, reason, at)]
         return [admin_vouch(state, label.actor, reason, at)]
 
-    state, transitions = await accounts.update(key, apply)
+    return change
+
+
+async def apply_verdict(
+    label: Label, accounts: AccountStateStore, policy: DecisionPolicy, at: float, record: RecordTransitions
+) -> tuple[AccountKey | None, AccountState | None, list[Transition]]:
+    """Apply the verdict; a lifecycle change (a clean verdict's unlock or vouching) is
+    `record`ed before it takes effect, so a refused write changes nothing."""
+    if label.account is None or label.relay is None:
+        return None, None, []  # a message this service never scored: a label, nothing more
+    key = AccountKey(label.relay, label.account)
+    change = verdict_change(label, policy)
+    if label.label is not Verdict.CLEAN:  # evidence only: no lifecycle change, nothing to audit
+        state, _ = await accounts.update(key, lambda s: change(s, at))
+        return key, state, []
+    preview = await accounts.get(key)
+    transitions = change(preview, at)
+    await record(key, preview, transitions)
+    # Applied to the freshest state: another replica may have scored the account meanwhile.
+    state, _ = await accounts.update(key, lambda fresh: change(fresh, at))
     return key, state, transitions
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from features.fingerprint import Fingerprint
 from service.fingerprints.index import LshIndex, Probe
 
-SOURCES = ("admin", "complaint", "verdict", "lock", "corpus", "bench")
+SOURCES = ("admin", "complaint", "verdict", "lock", "corpus", "bench", "malware")  # malware: clamd found it (scoring)
 
 # Two entries this alike are the same content: an add refreshes instead of storing another.
 SAME_CONTENT = 0.9

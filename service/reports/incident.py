@@ -214,10 +214,49 @@ def _messages(connection: Connection, key: AccountKey) -> list[dict[str, Any]]:
     return mappings(
         connection,
         "SELECT ts, message_id, identity_source, spam_probability, action, client_ip, subject, features, "
-        "recipients_hashed FROM scored_messages WHERE relay = :relay AND account = :account AND ts >= :since "
-        "ORDER BY ts DESC LIMIT :limit",
+        "recipients_hashed, identity_conflict FROM scored_messages "
+        "WHERE relay = :relay AND account = :account AND ts >= :since ORDER BY ts DESC LIMIT :limit",
         account | {"since": newest - WINDOW_S, "limit": MAX_MESSAGES},
     )
+
+
+def _identity_conflicts(messages: list[dict[str, Any]], hold_threshold: float) -> dict[str, Any] | None:
+    """Its messages whose header (one the sender can write) named another login than the SASL user that sent them."""
+    found = [(orjson.loads(m["identity_conflict"]), m["spam_probability"]) for m in messages if m["identity_conflict"]]
+    if not found:
+        return None
+    named = Counter((conflict["header"], conflict["claimed"]) for conflict, _ in found)
+    return {
+        "messages": len(found),
+        "spam_scored": sum(1 for _, p in found if p is not None and p >= hold_threshold),
+        "named": [{"header": h, "claimed": c, "messages": n} for (h, c), n in named.most_common(5)],
+    }
+
+
+def _malware(connection: Connection, key: AccountKey, since: float) -> dict[str, Any] | None:
+    """What clamd found in its mail since `since`: the scorer's `malware_detected` audit entries."""
+    rows = mappings(
+        connection,
+        "SELECT ts, details FROM audit_log WHERE relay = :relay AND account = :account "
+        "AND action = 'malware_detected' AND ts >= :since ORDER BY id DESC LIMIT :limit",
+        {"relay": key.relay, "account": key.account, "since": since, "limit": MAX_MESSAGES},
+    )
+    if not rows:
+        return None
+    found = Counter(orjson.loads(row["details"]).get("signature") or "unnamed" for row in rows)
+    return {
+        "messages": len(rows),
+        "signatures": [{"signature": name, "messages": n} for name, n in found.most_common(5)],
+        "last": _when(rows[0]["ts"]),
+    }
+
+
+def _signatures(malware: dict[str, Any]) -> str:
+    return ", ".join(f"`{s['signature']}`" for s in malware["signatures"])
+
+
+def _named(conflicts: dict[str, Any]) -> str:
+    return ", ".join(f"{n['header']}: `{n['claimed']}`" for n in conflicts["named"])
 
 
 def _top_reasons(model: Any, rows: list[list[float]]) -> list[dict[str, Any]]:
@@ -355,12 +394,19 @@ def _script(account: str, identity_source: str, change: dict[str, Any] | None) -
 def _backing(seen: dict[str, Any], change: dict[str, Any] | None, script: dict[str, Any] | None) -> list[str]:
     """What points at spam besides the per-message content scores: the independent evidence."""
     backing = []
+    if malware := seen.get("malware"):
+        backing.append(f"clamd found malware in {malware['messages']} of its message(s) ({_signatures(malware)})")
     if seen["hard_bounce_rate"] >= BAD_BOUNCE_RATE:
         backing.append(f"{_percent(seen['hard_bounce_rate'])} of its recipients bounced")
     if seen["invalid_recipient_rate"] >= BAD_INVALID_RECIPIENT_RATE:
         backing.append(f"{_percent(seen['invalid_recipient_rate'])} of its recipients do not exist")
     if seen["complaint_rate"] >= BAD_COMPLAINT_RATE:
         backing.append(f"{100 * seen['complaint_rate']:.1f}% of its recipients complained")
+    if (conflicts := seen["identity_conflicts"]) and conflicts["spam_scored"]:
+        backing.append(
+            f"{conflicts['spam_scored']} spam-scored message(s) named another account than the login "
+            f"that sent them ({_named(conflicts)})"
+        )
     if seen["matched_known_spam"]:
         backing.append(f"{seen['matched_known_spam']} message(s) matched known spam")
     if seen["most_accounts_sending_its_content"] > 1:
@@ -405,6 +451,11 @@ def _evidence_strength(
     nothing_else = "nothing else backs them (no bounces, complaints, known-spam matches or volume spike)"
     by_a_person = lock is not None and lock["actor"] != SYSTEM_ACTOR
     rests_on = f" The lock rests on {lock['actor']}'s judgement: {lock['reason']}." if by_a_person else ""
+    if malware := seen.get("malware"):  # a clean account does not send viruses: one detection is enough
+        return "strong", (
+            f"clamd (ClamAV) found malware in {malware['messages']} of its message(s): {_signatures(malware)}. "
+            "One detection is enough: a clean account does not send viruses."
+        )
     if not scored and not backing:
         return "thin", f"No scored mail from it was logged in the last 24 hours, so nothing here shows spam.{rests_on}"
     if spam < FEW_SPAM_MESSAGES and not backing:
@@ -465,6 +516,12 @@ def _script_steps(script: dict[str, Any]) -> list[str]:
 
 def _next_steps(seen: dict[str, Any], script: dict[str, Any] | None, evidence_strength: str) -> list[str]:
     steps = []
+    if malware := seen.get("malware"):
+        where = "the server or site the script runs on" if script is not None else "the customer's computer"
+        steps.append(
+            f"Its mail carried malware ({_signatures(malware)}): {where} is most likely infected. Have it cleaned "
+            "with an up-to-date anti-virus before anything else, or a new password is stolen again at once."
+        )
     if evidence_strength == "thin":
         steps.append(
             "The evidence is thin: before changing anything, check with the customer (and whoever locked it) "
@@ -482,6 +539,12 @@ def _next_steps(seen: dict[str, Any], script: dict[str, Any] | None, evidence_st
                 f"The account sent from {seen['client_ips']} different addresses: a password used by a botnet. "
                 "Check the login log for those addresses."
             )
+    if conflicts := seen["identity_conflicts"]:
+        steps.append(
+            f"{conflicts['messages']} of its messages carried a header naming another account than the login "
+            f"that sent them ({_named(conflicts)}): a header the sender wrote, to pass the mail off as that "
+            "account's. The account named was not charged for them; this login was."
+        )
     if seen["invalid_recipient_rate"] >= BAD_INVALID_RECIPIENT_RATE:
         steps.append(
             f"{100 * seen['invalid_recipient_rate']:.0f}% of recipients do not exist: a bought or harvested list, "
@@ -493,6 +556,8 @@ def _next_steps(seen: dict[str, Any], script: dict[str, Any] | None, evidence_st
 
 async def build_incident(sources: IncidentSources, key: AccountKey) -> dict[str, Any]:
     messages = await sources.database.read(lambda c: _messages(c, key))
+    since = (messages[0]["ts"] if messages else time.time()) - WINDOW_S
+    malware = await sources.database.read(lambda c: _malware(c, key, since))
     state = await sources.accounts.get(key)
     engagement = await sources.engagement.snapshot(key)
     history = await sources.ledger.history(key, limit=20)
@@ -531,6 +596,8 @@ async def build_incident(sources: IncidentSources, key: AccountKey) -> dict[str,
         "most_accounts_sending_its_content": 1
         + max((round(math.expm1(v[FEATURE_INDEX["campaign_accounts_log"]])) for v in vectors), default=0),
         "top_reasons": _top_reasons(sources.model, vectors[:500]),
+        "identity_conflicts": _identity_conflicts(messages, sources.hold_threshold),
+        "malware": malware,  # what clamd found in its mail (service.scanning), or None
     }
     change = None
     if messages:

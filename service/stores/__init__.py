@@ -50,6 +50,7 @@ class ScoredEvent:
     fingerprint: bytes | None = None  # the content's MinHash (features.fingerprint), never the text
     shadow_model_version: str | None = None  # a shadow model scored it too (never acted on)
     shadow_probability: float | None = None
+    identity_conflict: str | None = None  # JSON: a header named another login than the SASL user
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,10 @@ class AccountState:
     # unlock takes down those that match its templates. The newest few.
     lock_signatures: tuple[int, ...] = ()
     compromised_verdict: bool = False  # an admin called it compromised: corroboration for a lock
+    # A lifecycle change decided on the scoring path but not yet committed to the ledger
+    # (JSON, `service.lifecycle.hold_back`): it takes effect only once recorded, and the
+    # account's mail is deferred meanwhile. Empty when nothing waits.
+    pending_change: str = ""
 
     @property
     def locked(self) -> bool:

@@ -49,10 +49,53 @@ def normalise_url(url: str) -> URL:
     return parsed
 
 
+def _storable_text(value: str, nul: bool) -> str:
+    if nul and "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: one U+FFFD each, as at the HTTP edge
+            value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
+def _storable(parameters: Any, nul: bool) -> Any:
+    if isinstance(parameters, str):
+        return _storable_text(parameters, nul)
+    if isinstance(parameters, dict):
+        return {key: _storable(value, nul) for key, value in parameters.items()}
+    if isinstance(parameters, list | tuple):
+        return type(parameters)(_storable(value, nul) for value in parameters)
+    return parameters
+
+
+def store_any_text(engine: Engine) -> None:
+    """Text the database cannot hold is stored with U+FFFD in its place rather than refused.
+
+    Names and ids are refused at the HTTP edge when they hold U+0000 or a lone surrogate
+    (`service.api.schemas.storable`); this is for text taken out of content, such as a
+    subject or a DSN's fields. Without it PostgreSQL refuses U+0000 (and either database a
+    lone surrogate) and the whole row is lost: a scored message missing from the log, an
+    acknowledged event never stored. SQLite keeps U+0000 as it is.
+    """
+    nul = engine.dialect.name == "postgresql"
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _replace(
+        _connection: Connection, _cursor: object, statement: str, parameters: Any, _context: object, _many: bool
+    ) -> tuple[str, Any]:
+        return statement, _storable(parameters, nul)
+
+
 def _sqlite_engine(url: URL, synchronous: str, writer: bool) -> Engine:
     # NullPool: a connection per use, closed after; SQLite opens in microseconds and
-    # no connection outlives `close`.
-    engine = create_engine(url, poolclass=NullPool, connect_args={"check_same_thread": False, "timeout": 10})
+    # no connection outlives `close`. Errors never carry the statement's parameters
+    # (subjects, message ids, accounts) into the logs: `hide_parameters`.
+    engine = create_engine(
+        url, poolclass=NullPool, connect_args={"check_same_thread": False, "timeout": 10}, hide_parameters=True
+    )
+    store_any_text(engine)
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
@@ -87,7 +130,10 @@ class Database:
             self.engine = _sqlite_engine(self.url, "FULL", writer=True)
             self.reader = _sqlite_engine(self.url, "NORMAL", writer=False)
         elif self.dialect == "postgresql":
-            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+            self.engine = create_engine(
+                self.url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, hide_parameters=True
+            )
+            store_any_text(self.engine)
             self.reader = self.engine
         else:
             raise ValueError(f"unsupported database {self.url.render_as_string()}: use sqlite:/// or postgresql://")

@@ -1,7 +1,18 @@
 """What scoring does when the shared hot state (Redis) is unreachable: fail open, or refuse with a 503.
 
-Each wrapper implements the same protocol as the store it wraps. When a call fails,
-`SharedStateHealth` notes the outage (readiness turns red, a metric counts it) and:
+Each wrapper implements the same protocol as the store it wraps, and every Redis call
+the service makes goes through `_guarded`. There, `SharedStateHealth` and its circuit
+breaker (`service.stores.breaker`) decide:
+
+- Redis healthy (breaker closed): the call is made. If it fails (a timeout, a refused
+  connection, an error reply), the failure is counted, the breaker opens, and the call
+  takes its fallback.
+- Breaker open: the call is not made at all; it is counted as skipped and takes its
+  fallback at once. A hung Redis therefore costs one timeout per process, not one per
+  call. One background probe (PING, with the client's usual timeout) checks every
+  `OUTGUARD_REDIS_PROBE_INTERVAL_S`; requests never wait for it.
+
+The fallback:
 
 - fail open (the default): scoring goes on with what it can still know. Windows and
   engagement read as empty, so the answer rests on content; the account's lifecycle
@@ -11,16 +22,14 @@ Each wrapper implements the same protocol as the store it wraps. When a call fai
 - fail closed (`OUTGUARD_REDIS_FAIL_OPEN=false`): `SharedStateUnavailable`, a 503 the
   relay retries.
 
-When Redis answers again, the lifecycle changes the ledger recorded since the outage
-began are written back over Redis's copy, so a lock made during the outage holds.
+When the probe finds Redis again, the lifecycle changes the ledger recorded since the
+outage began are written back over Redis's copy before the breaker closes, so a lock
+made during the outage holds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
@@ -30,7 +39,9 @@ from redis.exceptions import RedisError
 from features.behaviour import BehaviourSnapshot, Observation
 from features.engagement import EngagementSnapshot
 from service.errors import SharedStateUnavailable
+from service.metrics import Metrics
 from service.stores import AccountKey, AccountState, MessageRef
+from service.stores.breaker import CircuitBreaker
 from service.stores.ledger import SqlAccountLedger
 from service.stores.redis_state import (
     RedisAccountStateStore,
@@ -50,56 +61,101 @@ RESYNC_MARGIN_S = 60.0
 
 
 class SharedStateHealth:
-    def __init__(self, client: object, ledger: SqlAccountLedger, accounts: RedisAccountStateStore, fail_open: bool):
+    """Whether Redis may be called now (its breaker), what a failed or skipped call does, and recovery."""
+
+    def __init__(
+        self,
+        client: object,
+        ledger: SqlAccountLedger,
+        accounts: RedisAccountStateStore,
+        fail_open: bool,
+        *,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.client = client
         self.ledger = ledger
         self.accounts = accounts
         self.fail_open = fail_open
-        self.down_since: float | None = None
-        self.on_failure: Callable[[], None] = lambda: None
-        self._probe: asyncio.Task[None] | None = None
+        self.metrics = metrics
+        self.breaker = CircuitBreaker(
+            self.ping,
+            interval_s=probe_interval_s,
+            recover=self._resync,
+            on_change=self._breaker_changed,
+            on_probe=self._probed,
+            name="redis",
+        )
 
     @property
     def up(self) -> bool:
-        return self.down_since is None
+        return self.breaker.closed
+
+    @property
+    def down_since(self) -> float | None:
+        return self.breaker.opened_at
+
+    def allow(self) -> bool:
+        """Whether to call Redis now; when not, the skipped call is counted (and refused when failing closed)."""
+        if self.breaker.allow():
+            return True
+        if self.metrics is not None:
+            self.metrics.shared_state_skipped.inc()
+        if not self.fail_open:
+            raise SharedStateUnavailable("shared account state (Redis) is unreachable; retry later")
+        return False
 
     def failed(self, error: BaseException) -> None:
-        """A call failed: note the outage, start probing, and fail closed when so configured."""
-        self.on_failure()
-        if self.down_since is None:
-            self.down_since = time.time()
-            log.error(
-                "shared state (Redis) unreachable, %s: %s", "scoring degraded" if self.fail_open else "503", error
-            )
-            with contextlib.suppress(RuntimeError):  # no running loop: the next call notices recovery
-                self._probe = asyncio.get_running_loop().create_task(self._recover(), name="redis-probe")
+        """A call failed: count it, open the breaker, and fail closed when so configured."""
+        self._note_failure(error)
         if not self.fail_open:
             raise SharedStateUnavailable("shared account state (Redis) is unreachable; retry later") from error
+
+    def _note_failure(self, error: BaseException) -> None:
+        if self.metrics is not None:
+            self.metrics.shared_state_failures.inc()
+        if self.breaker.trip(error):
+            log.error(
+                "shared state (Redis) unreachable, %s until a probe finds it (every %.1f s): %s",
+                "scoring degraded" if self.fail_open else "503",
+                self.breaker.interval_s,
+                error,
+            )
 
     async def ping(self) -> bool:
         return await redis_ping(self.client)  # type: ignore[arg-type]
 
-    async def _recover(self) -> None:
-        while not await self.ping():  # noqa: ASYNC110 - polling a remote server, no local event to wait on
-            await asyncio.sleep(PROBE_INTERVAL_S)
-        since = (self.down_since or time.time()) - RESYNC_MARGIN_S
+    async def check(self) -> bool:
+        """For readiness: False at once while the breaker is open; otherwise a PING, whose failure opens it."""
+        if not self.breaker.closed:
+            return False
         try:
-            changed = await self.ledger.changed_since(since)
-            for key, status in changed.items():
-                await self.accounts.update(key, lambda state, s=status: _take_lifecycle(state, s))
-        except Exception as error:  # still flapping: try again from the top
-            log.warning("shared state back but resync failed: %s", error)
-            await asyncio.sleep(PROBE_INTERVAL_S)
-            self._probe = asyncio.get_running_loop().create_task(self._recover(), name="redis-probe")
-            return
+            return bool(await self.client.ping())  # type: ignore[attr-defined]
+        except FAILURES as error:
+            self._note_failure(error)
+            return False
+
+    def describe(self) -> dict[str, object]:
+        return {**self.breaker.describe(), "fail_open": self.fail_open}
+
+    async def _resync(self) -> None:
+        """Redis answers again: write back what the ledger recorded meanwhile, before calls resume."""
+        since = (self.breaker.opened_at or 0.0) - RESYNC_MARGIN_S
+        changed = await self.ledger.changed_since(since)
+        for key, status in changed.items():
+            await self.accounts.update(key, lambda state, s=status: _take_lifecycle(state, s))
         log.warning("shared state (Redis) reachable again; %d account statuses written back", len(changed))
-        self.down_since = None
+
+    def _breaker_changed(self, is_open: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.shared_state_breaker_open.set(1 if is_open else 0)
+
+    def _probed(self, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.shared_state_probes.labels("ok" if ok else "failed").inc()
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+        await self.breaker.close()
 
 
 def _take_lifecycle(state: AccountState, stored: AccountState) -> None:
@@ -110,9 +166,14 @@ def _take_lifecycle(state: AccountState, stored: AccountState) -> None:
     state.lock_reason = stored.lock_reason
 
 
-async def _guarded(health: SharedStateHealth, call: Awaitable[T], fallback: Callable[[], Awaitable[T]]) -> T:
+async def _guarded(
+    health: SharedStateHealth, call: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]
+) -> T:
+    """The one place every Redis call passes through: made if the breaker allows, else the fallback at once."""
+    if not health.allow():
+        return await fallback()
     try:
-        return await call
+        return await call()
     except FAILURES as error:
         health.failed(error)
         return await fallback()
@@ -141,7 +202,7 @@ class DegradableBehaviour:
                 recipients=observation.recipients,
             )
 
-        return await _guarded(self.health, self.inner.observe(key, observation), alone)
+        return await _guarded(self.health, lambda: self.inner.observe(key, observation), alone)
 
 
 class DegradableEngagement:
@@ -152,13 +213,13 @@ class DegradableEngagement:
         async def dropped() -> None:  # the feedback itself is in the database; only the live count misses it
             return None
 
-        await _guarded(self.health, self.inner.add(key, counts, timestamp), dropped)
+        await _guarded(self.health, lambda: self.inner.add(key, counts, timestamp), dropped)
 
     async def snapshot(self, key: AccountKey) -> EngagementSnapshot | None:
         async def unknown() -> EngagementSnapshot | None:
             return None
 
-        return await _guarded(self.health, self.inner.snapshot(key), unknown)
+        return await _guarded(self.health, lambda: self.inner.snapshot(key), unknown)
 
 
 class DegradableAccounts:
@@ -176,24 +237,29 @@ class DegradableAccounts:
             state = await self.inner.load(key)
             return state if state is not None else await self._from_ledger(key)
 
-        return await _guarded(self.health, read(), lambda: self._from_ledger(key))
+        return await _guarded(self.health, read, lambda: self._from_ledger(key))
 
     async def put(self, key: AccountKey, state: AccountState) -> None:
         async def dropped() -> None:
             return None
 
-        await _guarded(self.health, self.inner.put(key, state), dropped)
+        await _guarded(self.health, lambda: self.inner.put(key, state), dropped)
 
     async def update(self, key: AccountKey, mutate: Callable[[AccountState], T]) -> tuple[AccountState, T]:
         async def unshared() -> tuple[AccountState, T]:  # decided on the ledger's state; the evidence is not kept
             state = await self._from_ledger(key)
             return state, mutate(state)
 
-        call = self.inner.update(key, mutate, default=lambda: self._from_ledger(key))
+        def call() -> Awaitable[tuple[AccountState, T]]:
+            return self.inner.update(key, mutate, default=lambda: self._from_ledger(key))
+
         return await _guarded(self.health, call, unshared)
 
     async def restore(self, key: AccountKey, state: AccountState) -> None:
-        await self.inner.restore(key, state)
+        async def dropped() -> bool:  # a miss reads the ledger anyway
+            return False
+
+        await _guarded(self.health, lambda: self.inner.restore(key, state), dropped)
 
 
 class DegradableIndex:
@@ -204,10 +270,10 @@ class DegradableIndex:
         async def dropped() -> None:  # feedback about it is matched from the event log instead
             return None
 
-        await _guarded(self.health, self.inner.remember(ref), dropped)
+        await _guarded(self.health, lambda: self.inner.remember(ref), dropped)
 
     async def find(self, message_id: str | None, queue_id: str | None) -> list[MessageRef]:
         async def none() -> list[MessageRef]:
             return []
 
-        return await _guarded(self.health, self.inner.find(message_id, queue_id), none)
+        return await _guarded(self.health, lambda: self.inner.find(message_id, queue_id), none)

@@ -39,6 +39,7 @@ COLUMNS = [
     "fingerprint",
     "shadow_model_version",
     "shadow_probability",
+    "identity_conflict",
 ]
 INSERT = text(f"INSERT INTO scored_messages ({', '.join(COLUMNS)}) VALUES ({', '.join(':' + c for c in COLUMNS)})")
 _FIND = {
@@ -74,6 +75,7 @@ def event_row(event: ScoredEvent) -> dict[str, Any]:
         "fingerprint": event.fingerprint,
         "shadow_model_version": event.shadow_model_version,
         "shadow_probability": event.shadow_probability,
+        "identity_conflict": event.identity_conflict,
     }
 
 

@@ -4,6 +4,12 @@ A transition is committed (status and audit entry in one transaction) before it 
 effect anywhere, so a lock survives a restart and every change has its record. The
 audit log is append-only: the database refuses updates and deletes.
 
+When the database does not take the record (it is down, locked, read-only), `record`
+raises `LedgerUnavailable` (a 503 on the API) and the change must not be applied: an
+admin's change is refused, and the scoring path keeps its change pending in the hot
+state, deferring the account's mail, until a later message records it
+(`service.lifecycle.hold_back`, `service.scoring.Scorer`).
+
 An admin's vouching for an account's mail (an unlock with a reason, a clean verdict:
 `service.lifecycle.vouch_for_templates`) records the templates it made known-good in
 its audit entry; a status read here carries the latest of them back, so a false lock
@@ -17,10 +23,13 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, RowMapping, text
+from sqlalchemy.exc import DBAPIError
 
+from service.errors import StorageUnavailable
 from service.lifecycle import Transition
 from service.stores import AccountKey, AccountState, AccountStatus
 from service.stores.database import Database, mappings
+from service.stores.writer import WriterStopped
 
 _UPSERT = text("""
 INSERT INTO account_status (relay, account, status, locked_until, temporary_locks, allowlisted, lock_reason, updated_at)
@@ -48,6 +57,10 @@ FROM account_status s
 """
 
 
+class LedgerUnavailable(StorageUnavailable):
+    """The database did not commit a lifecycle record: the change it describes must not take effect."""
+
+
 def _state(row: RowMapping) -> AccountState:
     vouched = orjson.loads(row["vouched"]) if row.get("vouched") else {}
     return AccountState(
@@ -65,6 +78,11 @@ class SqlAccountLedger:
         self.database = database
 
     async def record(self, key: AccountKey, state: AccountState, transitions: list[Transition]) -> None:
+        """Commit the account's status (`state`, as it is after `transitions`) and their audit entries.
+
+        Returns once committed; `LedgerUnavailable` when the database refused, and then
+        nothing of it is stored.
+        """
         if not transitions:
             return
         status_row = {
@@ -96,7 +114,12 @@ class SqlAccountLedger:
             connection.execute(_UPSERT, status_row)
             connection.execute(_AUDIT, audit_rows)
 
-        await self.database.writer.submit(write)
+        try:
+            await self.database.writer.submit(write)
+        except (DBAPIError, WriterStopped) as error:  # locked, read-only, gone: any refusal is the same here
+            raise LedgerUnavailable(
+                "the database did not take the account's change: it has not taken effect; retry later"
+            ) from error
 
     def load(self) -> dict[AccountKey, AccountState]:
         """Every stored status, for the in-memory state at start-up."""

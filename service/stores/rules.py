@@ -1,7 +1,9 @@
 """Identity rules per relay in the database, cached in memory for the scoring path.
 
 A relay without rules of its own uses `DEFAULT_RULES`; saving an empty list means
-"no rules" for that relay. Saves are committed before the reply. Other replicas see
+"no rules" for that relay. Each rule is stored with all its fields, `trusted` and
+`identifies` included (a JSON list per relay); one saved before those existed loads as
+untrusted, as migration 0002 writes it out. Saves are committed before the reply. Other replicas see
 a change at their next `refresh` (the service polls, `OUTGUARD_SHARED_REFRESH_S`).
 """
 

@@ -14,6 +14,10 @@ queued, runs it in one transaction, commits, and then answers:
   the same statement go to the database as one multi-row insert.
 
 One failing operation fails its own caller, not the batch it was committed with.
+
+A failure is logged once, by whoever is told of it: an awaited write's caller (the
+HTTP error handler, a chore, the webhook dispatcher), and here only the writes nobody
+waits for. Never with the rows' values (`describe`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Executable
+from sqlalchemy.exc import StatementError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,22 @@ def _noop(_connection: Connection) -> None:
 
 class WriterStopped(RuntimeError):
     """The writer thread is gone: nothing more can be stored."""
+
+
+def describe(error: BaseException) -> str:
+    """A database error for the log: what failed, and in which statement, but none of the data.
+
+    Bound parameters are never shown (the engines are made with `hide_parameters`), and
+    of the database's own message only the first line is kept: PostgreSQL repeats a
+    row's values in the DETAIL that follows.
+    """
+    if isinstance(error, StatementError):
+        cause = error.orig if error.orig is not None else error
+        lines = str(cause).strip().splitlines()
+        statement = " ".join((error.statement or "").split())
+        statement = statement if len(statement) <= 200 else statement[:200] + "..."
+        return f"{type(cause).__name__}: {lines[0] if lines else ''} [SQL: {statement}]"
+    return f"{type(error).__name__}: {error}"
 
 
 class Writer:
@@ -139,15 +160,17 @@ class Writer:
                 for group in _runs(items):
                     results += _run_group(connection, group)
         except Exception as exc:  # the transaction itself failed: nothing of it is stored
-            log.error("database writer: a transaction of %d operations failed: %s", len(items), exc)
-            self._on_failure(sum(1 for item in items if item.future is None))
+            # Awaited writes fail their callers, who report them; only the unawaited ones are reported here.
+            if lost := sum(1 for item in items if item.future is None):
+                log.error("database writer: a transaction failed, %d queued writes are lost: %s", lost, describe(exc))
+            self._on_failure(lost)
             for item in items:
                 _settle(item.future, None, exc)
             return
         for item, result, error in results:
             if item.future is None:
                 if error is not None:
-                    log.error("database writer: a queued write failed: %s", error)
+                    log.error("database writer: a queued write failed: %s", describe(error))
                     self._on_failure(1)
                 continue
             _settle(item.future, result, error)

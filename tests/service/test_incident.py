@@ -12,8 +12,9 @@ from tests.service.test_score_api import SPAM, SPRAYED
 
 
 def spam_run(
-    client: TestClient, account: str, *, header: str = "", n: int = 6, recipients: list[str] | None = None
+    client: TestClient, account: str | None, *, header: str = "", n: int = 6, recipients: list[str] | None = None
 ) -> None:
+    """`account` is the SASL user; None for a script's mail, which comes without a login (local sendmail)."""
     for i in range(n):
         raw = SPAM if not header else SPAM.replace("MIME-Version", header + "\r\nMIME-Version", 1)
         body = {
@@ -50,16 +51,14 @@ def test_a_locked_mailbox_reports_what_was_seen_and_why(client: TestClient) -> N
 
 
 def test_a_php_script_gets_script_advice(client: TestClient) -> None:
-    spam_run(
-        client, "ignored", header="X-PHP-Originating-Script: 33:wp-content/plugins/x/mailer.php(7) : eval()'d code"
-    )
+    spam_run(client, None, header="X-PHP-Originating-Script: 33:wp-content/plugins/x/mailer.php(7) : eval()'d code")
     report = incident(client, "33:wp-content/plugins/x/mailer.php").json()
     assert report["identified_by"] == "rule:php-script"
     assert any("wp-content/plugins/x/mailer.php" in step and "remove" in step for step in report["what_to_do_next"])
 
 
 def test_an_unknown_script_is_inspected_before_it_is_removed(client: TestClient) -> None:
-    spam_run(client, "ignored", header="X-PHP-Originating-Script: 33:wp-content/uploads/2026/01/x.php")
+    spam_run(client, None, header="X-PHP-Originating-Script: 33:wp-content/uploads/2026/01/x.php")
     report = incident(client, "33:wp-content/uploads/2026/01/x.php").json()
     assert (report["script"]["path"], report["script"]["uid"], report["script"]["part_of"]) == (
         "wp-content/uploads/2026/01/x.php",
@@ -127,7 +126,7 @@ def order_confirmations(client: TestClient, days: tuple[int, ...]) -> None:
 
 def test_a_woocommerce_script_is_described_and_never_named_for_deletion(client: TestClient) -> None:
     order_confirmations(client, days=(6, 7, 8, 9))
-    spam_run(client, "ignored", header=WOOCOMMERCE)
+    spam_run(client, None, header=WOOCOMMERCE)
     report = incident(client, "1234:class-wc-emails.php").json()
     assert report["identified_by"] == "rule:php-script"
     script = report["script"]

@@ -79,7 +79,10 @@ def test_a_locked_account_is_rejected_without_running_the_model(client: TestClie
     assert result["action"] == "reject"
     assert result["account_locked"] is True
     assert result["spam_probability"] is None
-    assert result["reasons"] == []
+    [why] = result["reasons"]  # why it is locked, not the model's reasons (it did not run)
+    assert why["name"] == "account_locked"
+    assert "locked permanently, by an administrator: admin" in why["description"]
+    assert result["smtp_reply"].startswith("550 5.7.1 Account locked-user is locked: locked by an administrator")
 
 
 def test_the_null_sender_is_nobodys_account(client: TestClient) -> None:

@@ -215,3 +215,20 @@ def test_invalid_recipients_corroborate_a_new_accounts_spam(client: TestClient) 
         for n in range(1, 5)
     ]
     assert any(r["lock_recommended"] for r in after)
+
+
+def test_a_lock_on_mail_under_the_hold_threshold_teaches_no_known_spam(settings: Settings) -> None:
+    """A lock is the model's belief, not a person's: content it would not even hold on its
+    own must not become known spam that floors every other shop sending the same template."""
+    unsure = settings.model_copy(update={"hold_threshold": 0.99999, "reject_threshold": 0.999999})
+    with TestClient(create_app(unsure)) as client:
+        start = datetime(2026, 11, 2, 20, 0, tzinfo=UTC)
+        account = "orders@b2b-shop"
+        results = [
+            score(client, account, f"<{account}-{n}@x>", order_confirmation(n), [COMPANIES[n]], stamp(start, 2 * n))
+            for n in range(25)
+        ]
+        locked_by = next(r for r in results if r["lock_recommended"])
+        assert locked_by["spam_probability"] < unsure.hold_threshold
+        assert any(r["account_locked"] for r in results)
+        assert client.get("/v1/signatures").json()["signatures"] == 0

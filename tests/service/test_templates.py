@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from features.content import content_features
+from features.engagement import EngagementSnapshot, bad_outcomes, engagement_evidence
 from features.fingerprint import Fingerprinter
 from features.message import parse_raw
 from service.decision import (
@@ -228,6 +229,20 @@ def test_nothing_corroborates_quiet_mail_with_good_engagement() -> None:
         "a near-copy of known spam",
         "an active spam-like campaign",
         "an admin's compromised verdict",
+    )
+
+
+def test_one_invalid_recipient_is_a_typo_two_corroborate() -> None:
+    """A new shop's first invalid recipient among its first few (2.1 nats at the model's
+    rates) is a typo as often as a spam run: the engagement corroborates from the second."""
+    snapshot = EngagementSnapshot(recipients=5.0, outcomes={"invalid_recipient": 1.0}, feedback=1.0)
+    one = engagement_evidence(snapshot)
+    assert one >= POLICY.corroborating_engagement
+    assert corroboration(QUIET, one, POLICY, bad_outcomes=bad_outcomes(snapshot)) == ()
+    snapshot = EngagementSnapshot(recipients=6.0, outcomes={"invalid_recipient": 1.0, "complaint": 1.0}, feedback=2.0)
+    two = engagement_evidence(snapshot)
+    assert corroboration(QUIET, two, POLICY, bad_outcomes=bad_outcomes(snapshot)) == (
+        f"bounces and complaints worth {two:.1f} nats",
     )
 
 
