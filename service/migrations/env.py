@@ -18,7 +18,7 @@ connection = context.config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:
-    engine = create_engine(normalise_url(context.config.get_main_option("sqlalchemy.url") or ""))
+    engine = create_engine(normalise_url(context.config.get_main_option("sqlalchemy.url") or ""), hide_parameters=True)
     with engine.connect() as fresh:
         _run(fresh)
     engine.dispose()

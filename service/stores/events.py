@@ -115,7 +115,9 @@ def _find(connection: Connection, message_ids: list[str], queue_ids: list[str]) 
 
 def read_scored(source: str | Path, limit: int | None = None) -> Iterator[dict[str, object]]:
     """Logged events as dicts, oldest first, from a database URL or SQLite file: for training, tests and replays."""
-    engine = create_engine(normalise_url(source if isinstance(source, str) else f"sqlite:///{source}"))
+    engine = create_engine(
+        normalise_url(source if isinstance(source, str) else f"sqlite:///{source}"), hide_parameters=True
+    )
     sql = "SELECT * FROM scored_messages ORDER BY id" + (f" LIMIT {int(limit)}" if limit else "")
     try:
         with engine.connect() as connection:

@@ -83,12 +83,12 @@ def scratch_schema(base_url: str, prefix: str) -> Iterator[str]:
     For tests and benchmarks: each run gets its own tables on a shared server.
     """
     schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(normalise_url(base_url))
+    admin = create_engine(normalise_url(base_url), hide_parameters=True)
     try:
         with admin.begin() as connection:
             connection.execute(text(f"CREATE SCHEMA {schema}"))
         url = f"{base_url}?options=-csearch_path%3D{schema}"
-        engine = create_engine(normalise_url(url))
+        engine = create_engine(normalise_url(url), hide_parameters=True)
         upgrade(engine)
         engine.dispose()
         try:
