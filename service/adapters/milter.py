@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import re
 import time
@@ -54,6 +53,7 @@ from ipaddress import ip_address, ip_network
 from pathlib import Path
 
 from service.adapters import milter_codec as codec
+from service.adapters.listener import Listener
 from service.adapters.replies import lock_info, locked_reply, rate_limited_reply, score_summary
 from service.api.routes import to_input
 from service.api.schemas import MessageIn
@@ -61,7 +61,6 @@ from service.container import Container
 from service.decision import account_risk
 from service.identity import resolve_identity
 from service.lifecycle import allowance_per_minute, lock_has_expired
-from service.metrics import Metrics
 from service.scoring import Scorer, ScoreResult
 from service.settings import RelayPolicy, Settings
 from service.stores import AccountKey, AccountState, AccountStateStore, AccountStatus, IdentityRuleStore
@@ -119,11 +118,6 @@ class _Message:
     rcpt_reply: bytes | None = None  # the answer every RCPT of this message gets (rate limited)
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _address(value: str | None) -> str | None:
     """An IP address as the JSON API stores it (Sendmail writes IPv6 as `IPv6:...`), or None."""
     if not value:
@@ -145,41 +139,23 @@ def _unbracket(address: str) -> str:
     return address.strip().removeprefix("<").removesuffix(">")
 
 
-class MilterServer:
+class MilterServer(Listener):
     """The asyncio server; one `MilterSession` per connection."""
+
+    protocol = PROTOCOL
+    description = "milter"
 
     def __init__(self, container: Container) -> None:
         self.settings: Settings = container.settings
+        # reuse_port: several `outguard serve --workers` processes share the port (with Redis).
+        super().__init__(container.metrics, self.settings.milter_max_connections, reuse_port=True)
         self.scorer: Scorer = container.scorer
         self.accounts: AccountStateStore = container.accounts
         self.rules: IdentityRuleStore = container.rules
-        self.metrics: Metrics = container.metrics
         self.allowed = [ip_network(n, strict=False) for n in self.settings.milter_allowed_clients]
-        self._server: asyncio.Server | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
 
     async def start(self, listen: str | None = None) -> None:
-        host, port = parse_listen(listen or self.settings.milter_listen or "127.0.0.1:0")
-        # reuse_port: several `outguard serve --workers` processes share the port (with Redis).
-        self._server = await asyncio.start_server(self._serve, host, port, reuse_port=True)
-        log.info("milter listening on %s:%d", host, self.port)
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None and self._server.sockets
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        for task in list(self._sessions):
-            task.cancel()
-        if self._sessions:
-            await asyncio.gather(*self._sessions, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 5)
-        self._server = None
+        await super().start(listen or self.settings.milter_listen or "127.0.0.1:0")
 
     def relay_for(self, macros: Callable[[str], str | None]) -> str:
         if self.settings.milter_relay:
@@ -207,22 +183,13 @@ class MilterServer:
             return AccountKey(relay, identity.account)
         return None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         peer_ip = _address(peer[0]) if isinstance(peer, tuple) and peer else None
         if peer_ip is None or not any(ip_address(peer_ip) in network for network in self.allowed):
             self.metrics.adapter_errors.labels(PROTOCOL, "forbidden").inc()
             log.warning("milter: refused a connection from %s (not in OUTGUARD_MILTER_ALLOWED_CLIENTS)", peer_ip)
-            writer.close()
             return
-        if len(self._sessions) >= self.settings.milter_max_connections:
-            self.metrics.adapter_errors.labels(PROTOCOL, "overload").inc()
-            writer.close()  # the MTA applies its milter_default_action
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._sessions.add(task)
-        self.metrics.adapter_connections.labels(PROTOCOL).inc()
         session = MilterSession(self)
         try:
             while True:
@@ -252,12 +219,6 @@ class MilterServer:
             frame = traceback.extract_tb(error.__traceback__)[-1]
             where = f"{Path(frame.filename).name}:{frame.lineno}"
             log.error("milter: connection from %s failed: %s at %s", peer_ip, type(error).__name__, where)
-        finally:
-            self.metrics.adapter_connections.labels(PROTOCOL).dec()
-            self._sessions.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
 
 class MilterSession:

@@ -31,7 +31,6 @@ open). The same happens if the state cannot be read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -39,8 +38,9 @@ from typing import TYPE_CHECKING
 
 from features.behaviour import Observation, recipient_domain
 from features.engagement import SENT
+from service.adapters.listener import Listener
 from service.adapters.replies import lock_info, locked_reply, rate_limited_reply
-from service.adapters.rspamc import RELAY, client_ip, is_loopback, split_listen
+from service.adapters.rspamc import RELAY, client_ip
 from service.decision import account_risk
 from service.identity import resolve_identity
 from service.lifecycle import _take_token, allowance_per_minute, lock_has_expired  # the scorer's own bucket
@@ -153,43 +153,17 @@ def _count_of(value: str) -> int:
     return min(int(value), 1_000_000) if value.isdigit() else 0
 
 
-class PolicyServer:
+class PolicyServer(Listener):
     """The policy protocol on a TCP socket: name=value lines, a blank line; `action=...` and a blank line back."""
 
+    protocol = PROTOCOL
+    description = "Postfix policy delegation"
+
     def __init__(self, container: Container) -> None:
+        super().__init__(container.metrics, MAX_CONNECTIONS, MAX_LINE)
         self.gate = PolicyGate(container)
-        self.metrics = container.metrics
-        self._server: asyncio.Server | None = None
-        self._open = 0
 
-    async def start(self, listen: str) -> None:
-        host, port = split_listen(listen)
-        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_LINE)
-        if not is_loopback(host):
-            log.warning(
-                "the policy gate listens on %s: the protocol has no authentication, so only relays may reach it", listen
-            )
-        log.info("Postfix policy delegation on %s", listen)
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-            self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._open >= MAX_CONNECTIONS:
-            self.metrics.adapter_errors.labels(PROTOCOL, "overload").inc()
-            writer.close()
-            return
-        self._open += 1
-        self.metrics.adapter_connections.labels(PROTOCOL).inc()
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while (request := await asyncio.wait_for(read_request(reader), IDLE_TIMEOUT_S)) is not None:
                 started = time.perf_counter()
@@ -212,12 +186,6 @@ class PolicyServer:
             self.metrics.adapter_errors.labels(PROTOCOL, "timeout").inc()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the client went away mid-request
-        finally:
-            self._open -= 1
-            self.metrics.adapter_connections.labels(PROTOCOL).dec()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
 
 async def read_request(reader: asyncio.StreamReader) -> dict[str, str] | None:

@@ -46,7 +46,6 @@ defers, and `/defer_ok` lets the mail through.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import math
@@ -57,6 +56,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from service.adapters.listener import Listener
 from service.errors import InvalidInput, OutguardError
 from service.scoring import MessageInput
 
@@ -257,42 +257,18 @@ class ProtocolError(Exception):
     """The client did not speak RSPAMC: the connection is closed without an answer."""
 
 
-class RspamcServer:
+class RspamcServer(Listener):
     """Exim's spamd protocol (`variant=rspamd`) on a TCP socket, scoring with the app's scorer."""
 
+    protocol = RSPAMC
+    description = "RSPAMC (Exim spamd variant=rspamd)"
+
     def __init__(self, container: Container) -> None:
+        super().__init__(container.metrics, MAX_CONNECTIONS, MAX_HEAD_LINE)
         self.container = container
         self.settings = container.settings
-        self.metrics = container.metrics
-        self._server: asyncio.Server | None = None
-        self._open = 0
 
-    async def start(self, listen: str) -> None:
-        host, port = split_listen(listen)
-        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD_LINE)
-        if not is_loopback(host):
-            log.warning("RSPAMC listens on %s: the protocol has no authentication, so only relays may reach it", listen)
-        log.info("RSPAMC (Exim spamd variant=rspamd) on %s", listen)
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-            self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._open >= MAX_CONNECTIONS:
-            self.metrics.adapter_errors.labels(RSPAMC, "overload").inc()
-            writer.close()
-            return
-        self._open += 1
-        self.metrics.adapter_connections.labels(RSPAMC).inc()
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         started = time.perf_counter()
         try:
             reply = await asyncio.wait_for(self._check(reader), READ_TIMEOUT_S)
@@ -309,12 +285,7 @@ class RspamcServer:
             self.metrics.adapter_errors.labels(RSPAMC, "scoring").inc()
             log.error("RSPAMC scoring failed, closing without an answer: %s", type(error).__name__)
         finally:
-            self._open -= 1
-            self.metrics.adapter_connections.labels(RSPAMC).dec()
             self.metrics.adapter_latency.labels(RSPAMC, "check").observe(time.perf_counter() - started)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     async def _check(self, reader: asyncio.StreamReader) -> bytes:
         command, headers = await read_head(reader)
@@ -374,21 +345,6 @@ async def _discard(reader: asyncio.StreamReader, count: int) -> None:
     while count > 0:
         chunk = await reader.readexactly(min(count, 1 << 16))
         count -= len(chunk)
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """`HOST:PORT` or `[IPv6]:PORT` (as the settings validate it)."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _field(key: str, value: str) -> str:
