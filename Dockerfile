@@ -12,6 +12,8 @@ COPY service ./service
 COPY features ./features
 COPY training ./training
 COPY models ./models
+# Serving dependencies only: the `training` extra (full MLflow, Dask) stays out of the image;
+# the MLflow registry client (mlflow-skinny) is in, for OUTGUARD_MODEL_SOURCE=registry.
 RUN pip install .
 
 FROM python:3.11-slim AS runtime

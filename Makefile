@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[training,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,12 +32,14 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.vs_rspamd
 	$(BIN)/python -m bench.fingerprints
 	$(BIN)/python -m bench.backends
 	$(BIN)/python -m bench.redis_hung
 	$(BIN)/python -m bench.clamav
 	$(BIN)/python -m bench.rspamd_compat
 	$(BIN)/python -m bench.milter
+	$(BIN)/python -m bench.bulk
 
 # Training time against rows, both engines; needs a replayed event log (see docs/retraining.md).
 bench-training: $(STAMP)

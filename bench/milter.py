@@ -153,7 +153,7 @@ def main() -> None:
         row("milter", "ten messages per connection", ten)
         lock = urllib.request.Request(
             f"http://127.0.0.1:{http}/v1/accounts/bench/{LOCKED}/lock",
-            data=orjson.dumps({"actor": "bench", "reason": "bench"}),
+            data=orjson.dumps({"actor": "bench", "reason": "bench", "force": True}),
             headers={"content-type": "application/json"},
         )
         urllib.request.urlopen(lock, timeout=10).close()

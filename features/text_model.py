@@ -5,26 +5,33 @@ from the subject alone, where obfuscation ("V1@gra", "Fr33") concentrates and wh
 they are cheap. Hashing keeps the model stateless apart from its weights.
 
 Training vectorises with scikit-learn's `HashingVectorizer`. Scoring one message
-goes through `score_one`, which hashes the same way (the same murmurhash3, the same
-index rule, the same l2 norm) without scikit-learn's per-call overhead, about a
-third of the cost; `tests/features/test_text_model.py` holds the two paths equal.
+goes through `score_one`, which hashes the same way without scikit-learn's per-call
+overhead: the same tokens (`word_tokens` is the word analyzer's output, built without
+its Python loop over bigrams), each distinct n-gram hashed once by the same C routine
+the `HashingVectorizer` uses (`_hashing_fast.transform`, with the n-gram's count as its
+value), the same l2 norm. `tests/features/test_text_model.py` and
+`tests/features/test_fast_path_equal.py` hold the two paths equal.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.feature_extraction._hashing_fast import transform as _hash_counts
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-from sklearn.utils import murmurhash3_32
 
 WORD_FEATURES = 2**18
 SUBJECT_CHAR_FEATURES = 2**16
-HASH_CACHE_MAX = 500_000
+# The word analyzer's default token pattern (`HashingVectorizer(token_pattern=...)`).
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
 
 
 def _word_vectorizer() -> HashingVectorizer:
@@ -57,11 +64,7 @@ class TextModel:
     intercept: float
 
     def __post_init__(self) -> None:
-        self._word_analyzer = _word_vectorizer().build_analyzer()
         self._subject_analyzer = _subject_vectorizer().build_analyzer()
-        # token -> signed murmurhash3: most tokens recur across messages, and a dict hit
-        # costs a fraction of the hash call. Bounded; cleared when full.
-        self._hashes: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, object]:
         return {"coef": self.coef, "intercept": self.intercept}
@@ -80,24 +83,31 @@ class TextModel:
 
     def score_one(self, document: str, subject: str) -> float:
         """Log-odds for one message, identical to `score_batch` but without its overhead."""
-        words = self._hashed_dot(self._word_analyzer(document), WORD_FEATURES, 0)
+        words = self._hashed_dot(word_tokens(document), WORD_FEATURES, 0)
         chars = self._hashed_dot(self._subject_analyzer(subject), SUBJECT_CHAR_FEATURES, WORD_FEATURES)
         return words + chars + self.intercept
 
     def _hashed_dot(self, tokens: list[str], n_features: int, offset: int) -> float:
+        """The l2-normalised hashed term counts of `tokens`, dotted with the weights.
+
+        Each distinct token is hashed once, in C, with its count as the value: the
+        `HashingVectorizer`'s own routine, so the same indices. Two tokens whose hashes
+        collide share an index and their counts add up, as in the sparse matrix.
+        """
         if not tokens:
             return 0.0
-        hashes = self._hashes
-        if len(hashes) > HASH_CACHE_MAX:
-            hashes.clear()
-        signed = list(map(hashes.get, tokens))  # a C-level loop; None where not yet hashed
-        if None in signed:
-            for i, h in enumerate(signed):
-                if h is None:
-                    signed[i] = hashes[tokens[i]] = murmurhash3_32(tokens[i], seed=0)
-        index, tf = np.unique(np.abs(np.array(signed, dtype=np.int64)) % n_features, return_counts=True)
-        tf = tf.astype(np.float64)
+        index, _, tf = _hash_counts((Counter(tokens).items(),), n_features, np.float64, False, 0)
+        ordered = np.sort(index)
+        if (ordered[1:] == ordered[:-1]).any():  # a hash collision: merge the counts
+            index, inverse = np.unique(index, return_inverse=True)
+            tf = np.bincount(inverse, weights=tf)
         return float(self.coef[index + offset] @ tf) / math.sqrt(float(tf @ tf))
+
+
+def word_tokens(document: str) -> list[str]:
+    """The word analyzer's n-grams (`_word_vectorizer().build_analyzer()`): tokens, then bigrams, in order."""
+    tokens = _TOKEN.findall(document.lower())
+    return tokens + [f"{first} {second}" for first, second in itertools.pairwise(tokens)]
 
 
 def fit_text_model(

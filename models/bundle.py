@@ -14,8 +14,10 @@ is refused with `FeatureSpecMismatch`.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,75 @@ class Prediction:
     contributions: np.ndarray  # per row and model feature, log-odds (path attribution; bias left out)
 
 
+_PREDICT_LEAF_INDEX = 2  # LightGBM's C_API_PREDICT_LEAF_INDEX
+_DTYPE_FLOAT64 = 1  # C_API_DTYPE_FLOAT64
+
+
+class LeafPredictor:
+    """The leaf each tree puts a row in: `Booster.predict(pred_leaf=True)`, without its per-call overhead for one row.
+
+    `Booster.predict` checks, converts and copies its input in Python on every call,
+    which for one row costs more than walking the trees. One row goes through
+    LightGBM's single-row fast path instead (`LGBM_BoosterPredictForMatSingleRowFast`,
+    set up once per bundle); the same native trees, so the same leaves
+    (`tests/models/test_leaf_predictor.py`). Several rows go through `Booster.predict`,
+    whose overhead they share. The fast path's buffers are per configuration, so one
+    row at a time goes through it (a lock: requests may score in worker threads).
+    """
+
+    def __init__(self, booster: lgb.Booster) -> None:
+        self.booster = booster
+        self.trees = booster.num_trees()
+        self.features = booster.num_feature()
+        self._lock = threading.Lock()
+        self._config: ctypes.c_void_p | None = None
+        self._out = np.empty(self.trees, dtype=np.float64)
+        self._out_len = ctypes.c_int64()
+
+    def _fast_config(self) -> ctypes.c_void_p:
+        config = ctypes.c_void_p()
+        _lgb_call(
+            lgb.basic._LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
+                self.booster._handle,
+                ctypes.c_int(_PREDICT_LEAF_INDEX),
+                ctypes.c_int(0),  # start iteration
+                ctypes.c_int(-1),  # every iteration
+                ctypes.c_int(_DTYPE_FLOAT64),
+                ctypes.c_int32(self.features),
+                ctypes.c_char_p(b"num_threads=1"),
+                ctypes.byref(config),
+            )
+        )
+        return config
+
+    def leaves(self, matrix: np.ndarray) -> np.ndarray:
+        """(rows, trees) leaf indices of a C-contiguous float64 (rows, features) matrix."""
+        if matrix.shape[0] != 1:
+            return self.booster.predict(matrix, pred_leaf=True, num_threads=1)
+        row = np.ascontiguousarray(matrix[0], dtype=np.float64)
+        with self._lock:
+            if self._config is None:
+                self._config = self._fast_config()
+            _lgb_call(
+                lgb.basic._LIB.LGBM_BoosterPredictForMatSingleRowFast(
+                    self._config,
+                    row.ctypes.data_as(ctypes.c_void_p),
+                    ctypes.byref(self._out_len),
+                    self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+                )
+            )
+            return self._out[np.newaxis, :].copy()
+
+    def __del__(self) -> None:
+        if getattr(self, "_config", None) is not None:
+            lgb.basic._LIB.LGBM_FastConfigFree(self._config)
+
+
+def _lgb_call(status: int) -> None:
+    if status != 0:
+        raise lgb.basic.LightGBMError(lgb.basic._LIB.LGBM_GetLastError().decode())
+
+
 @dataclass
 class ModelBundle:
     version: str
@@ -82,13 +153,14 @@ class ModelBundle:
         # logit(p) minus this is a message's log-likelihood ratio, spam against ham.
         self.prior_log_odds = math.log(self.calibration_prior / (1.0 - self.calibration_prior))
         self.explainer = PathExplainer.from_booster(self.booster)
+        self.leaf_predictor = LeafPredictor(self.booster)
 
     def predict(self, rows: np.ndarray) -> Prediction:
         """Score full spec-order rows (n, len(FEATURES)); one booster call for the whole batch."""
         matrix = np.ascontiguousarray(rows[:, self.column_index])
         # One thread: OpenMP start-up costs more than it saves on request-sized batches,
         # and the service scales by worker processes.
-        leaves = self.booster.predict(matrix, pred_leaf=True, num_threads=1)
+        leaves = self.leaf_predictor.leaves(matrix)
         margins, contributions = self.explainer.explain(leaves)
         return Prediction(probabilities=self.calibration.apply(margins), margins=margins, contributions=contributions)
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,7 +17,9 @@ from service.adapters.milter import MilterServer
 from service.adapters.policy import PolicyServer
 from service.adapters.rspamc import RspamcServer
 from service.api.accounts import accounts_router
-from service.api.auth import TokenAuth, TokenAuthMiddleware
+from service.api.audit import audit_router
+from service.api.auth import TokenAuth, TokenAuthMiddleware, relay_guard
+from service.api.bulk import bulk_router
 from service.api.feedback import feedback
 from service.api.identity_rules import rules_router
 from service.api.models import models_router
@@ -175,6 +177,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         summary="Outbound-spam scoring: a calibrated spam probability, an action and reasons per outgoing message.",
         lifespan=lifespan,
+        dependencies=[Depends(relay_guard)],  # a token limited to some relays: refused the others (service.api.auth)
     )
     app.state.container = container
     install_error_handlers(app)
@@ -182,7 +185,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(rspamd_router)
     app.include_router(feedback)
     app.include_router(rules_router)
+    app.include_router(bulk_router)  # before accounts_router: /{relay}/bulk/{id} is not an account's name
     app.include_router(accounts_router)
+    app.include_router(audit_router)
     app.include_router(webhooks_router)
     app.include_router(signatures_router)
     app.include_router(models_router)

@@ -4,19 +4,53 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from service import cli_models
+from service.cli_errors import CliGroup
 from service.settings import Settings
 
-app = typer.Typer(help="outguard: outbound-spam scoring for relays.", no_args_is_help=True, add_completion=False)
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
+    from pydantic_settings import BaseSettings
+
+# A user error (a typo in a path, a bad option value, an unreachable database) is one line, never a
+# traceback: `service.cli_errors.CliGroup`.
+app = typer.Typer(
+    help="outguard: outbound-spam scoring for relays.", no_args_is_help=True, add_completion=False, cls=CliGroup
+)
 console = Console()
 cli_models.register(app, console)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"outguard {version('outguard')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("outguard (not installed: run `make install`)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    """outguard: outbound-spam scoring for relays."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -31,8 +65,8 @@ def _is_loopback(host: str) -> bool:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: OUTGUARD_HOST)")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: OUTGUARD_PORT)")] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
+    port: Annotated[int | None, typer.Option(help="Port (default: OUTGUARD_PORT)", min=1, max=65_535)] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes", min=1)] = 1,
 ) -> None:
     """Serve the HTTP API."""
     import uvicorn
@@ -67,6 +101,22 @@ def serve(
     )
 
 
+@contextmanager
+def _steps() -> Iterator[Callable[[str], None]]:
+    """A progress line for a command made of a few long steps: `step("training")` starts the next one."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def step(description: str) -> None:
+            bar.update(task, description=description)
+            console.log(description)
+
+        yield step
+
+
 def _settings_with(model_dir: Path | None, data_dir: Path | None) -> Settings:
     settings = Settings()
     updates = {k: v for k, v in {"model_dir": model_dir, "data_dir": data_dir}.items() if v is not None}
@@ -77,7 +127,7 @@ def _settings_with(model_dir: Path | None, data_dir: Path | None) -> Settings:
 def train(
     output: Annotated[Path | None, typer.Option(help="Bundle directory (default: OUTGUARD_MODEL_DIR)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Corpora folder (default: OUTGUARD_DATA_DIR)")] = None,
-    max_rows: Annotated[int | None, typer.Option(help="Subsample to this many messages (quick runs)")] = None,
+    max_rows: Annotated[int | None, typer.Option(help="Subsample to this many messages (quick runs)", min=1)] = None,
     no_cache: Annotated[bool, typer.Option(help="Re-extract features instead of using the cache")] = False,
     modern: Annotated[bool, typer.Option(help="Train on modern-train too (present-day mail)")] = True,
     held_out_projects: Annotated[
@@ -109,22 +159,27 @@ def train(
     from training.train import TrainConfig, train_and_save
 
     settings = _settings_with(output, data_dir)
-    corpus = build_corpus_dataset(settings.data_dir, settings.cache_dir, use_cache=not no_cache)
-    modern_rows = (
-        build_modern_dataset(settings.data_dir, settings.cache_dir, use_cache=not no_cache) if modern else None
-    )
-    frame = shipped_training_rows(corpus, modern_rows) if modern_rows is not None else corpus
-    config = TrainConfig(thresholds=_thresholds(settings), max_rows=max_rows)
-    bundle = train_and_save(frame, config, settings.model_dir, console)
-    if modern_rows is not None and held_out_projects:
-        from models.bundle import save_bundle
-        from training.model_card import write_model_card
-        from training.modern_eval import grouped_evaluation
+    with _steps() as step:
+        step("reading the corpora")
+        corpus = build_corpus_dataset(settings.data_dir, settings.cache_dir, use_cache=not no_cache)
+        modern_rows = None
+        if modern:
+            step("reading present-day mail")
+            modern_rows = build_modern_dataset(settings.data_dir, settings.cache_dir, use_cache=not no_cache)
+        frame = shipped_training_rows(corpus, modern_rows) if modern_rows is not None else corpus
+        config = TrainConfig(thresholds=_thresholds(settings), max_rows=max_rows)
+        step("training")
+        bundle = train_and_save(frame, config, settings.model_dir, console)
+        if modern_rows is not None and held_out_projects:
+            from models.bundle import save_bundle
+            from training.model_card import write_model_card
+            from training.modern_eval import grouped_evaluation
 
-        console.log("present-day mail: scoring each source project with a model that never saw it")
-        bundle.metrics["modern_heldout"] = grouped_evaluation(corpus, modern_rows, config, console)
-        save_bundle(bundle, settings.model_dir)
-        write_model_card(bundle, settings.model_dir)
+            step("present-day mail, each source project held out")
+            console.log("present-day mail: scoring each source project with a model that never saw it")
+            bundle.metrics["modern_heldout"] = grouped_evaluation(corpus, modern_rows, config, console)
+            save_bundle(bundle, settings.model_dir)
+            write_model_card(bundle, settings.model_dir)
     console.print(f"wrote bundle [bold]{bundle.version}[/bold] to {settings.model_dir}")
     _print_metrics(bundle.metrics["test"], "held-out test (as trained)")
 
@@ -153,10 +208,10 @@ def evaluate(
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option(help="Folder for events.jsonl and truth.json")] = Path("var/sim"),
-    accounts: Annotated[int, typer.Option(help="Accounts")] = 2_000,
-    days: Annotated[int, typer.Option(help="Days")] = 7,
-    relays: Annotated[int, typer.Option(help="Relays")] = 3,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same log")] = 1,
+    accounts: Annotated[int, typer.Option(help="Accounts", min=1)] = 2_000,
+    days: Annotated[int, typer.Option(help="Days", min=1)] = 7,
+    relays: Annotated[int, typer.Option(help="Relays", min=1)] = 3,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same log", min=0)] = 1,
     pool: Annotated[str, typer.Option(help="Content pool: eval (held out from training) or train")] = "eval",
     content: Annotated[
         str, typer.Option(help="corpus (the 2007 corpora) or modern (present-day mail: shops, SaaS, phishing)")
@@ -173,10 +228,14 @@ def simulate(
         raise typer.BadParameter(f"content is one of {', '.join(CONTENTS)}")
     settings = Settings()
     config = SimulationConfig(accounts=accounts, days=days, relays=relays, seed=seed, pool=pool, content=content)
-    pools = load_pools(config, settings.data_dir, settings.cache_dir)
     started = time.perf_counter()
-    events, truth = simulate(config, pools)
-    write_log(out, events, truth, config)
+    with _steps() as step:
+        step("loading the content pools")
+        pools = load_pools(config, settings.data_dir, settings.cache_dir)
+        step(f"simulating {accounts:,} accounts over {days} days")
+        events, truth = simulate(config, pools)
+        step(f"writing {len(events):,} events to {out}")
+        write_log(out, events, truth, config)
     messages = sum(1 for e in events if e["type"] == "message")
     console.print(
         f"{len(events):,} events ({messages:,} messages) for {accounts:,} accounts over {days} days "
@@ -275,7 +334,7 @@ def report(
     import time
 
     from service.api.reports import parse_time
-    from service.container import open_database
+    from service.container import open_database, report_links
     from service.errors import InvalidInput
     from service.reports.digest import (
         SmtpTarget,
@@ -298,9 +357,10 @@ def report(
     database = open_database(settings)
     try:
         digest = database.read_now(lambda c: build_digest(c, start, end, settings.hold_threshold))
+        links = report_links(settings, database)  # the service's key: links that open in a browser
     finally:
         database.close()
-    subject, text, html = render_digest(digest)
+    subject, text, html = render_digest(digest, links)
     if to and settings.smtp_host:
         target = SmtpTarget(
             host=settings.smtp_host,
@@ -318,6 +378,9 @@ def report(
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(end))
     for path in write_digest(out or settings.state_dir / "reports", subject, text, html, stamp):
         console.print(f"wrote {path}")
+    if to:  # asked to mail and could not: cron must see it (a refused or failing server is exit 2, cli_errors)
+        console.print(f"[red]not mailed to {', '.join(to)}: set OUTGUARD_SMTP_HOST (docs/configuration.md)[/red]")
+        raise typer.Exit(1)
 
 
 db_app = typer.Typer(help="The database: schema migrations and retention.", no_args_is_help=True)
@@ -403,7 +466,7 @@ def import_signatures(
     from rich.progress import Progress
 
     from service.container import open_database
-    from service.fingerprints.importer import NotMail, import_messages, messages_in
+    from service.fingerprints.importer import import_messages, messages_in
     from service.fingerprints.service import FingerprintService
     from service.stores.signatures import SqlSignatureStore
 
@@ -426,10 +489,7 @@ def import_signatures(
                     on_message=lambda r: bar.update(task, completed=r.read),
                 )
             )
-    except NotMail as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from error
-    finally:
+    finally:  # a path that is no mail is NotMail: one line (service.cli_errors)
         database.close()
     console.print(
         f"{result.read:,} messages read: {result.added:,} signatures added, {result.refreshed:,} already held "
@@ -455,6 +515,252 @@ def _print_metrics(metrics: dict[str, float], title: str, card: dict[str, float]
             cells.append(f"{known:.4f}" if isinstance(known, float) else str(known if known is not None else ""))
         table.add_row(*cells)
     console.print(table)
+
+
+# -- the configuration reference (docs/configuration.md), generated from the settings' descriptions
+
+CONFIGURATION_DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+
+@app.command("config-docs")
+def config_docs(
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 if the file differs from what the settings give")
+    ] = False,
+    output: Annotated[Path, typer.Option(help="The file to write or check")] = CONFIGURATION_DOCS,
+) -> None:
+    """Write docs/configuration.md from the descriptions of the settings (service/settings.py)."""
+    text = configuration_reference()
+    if check:
+        current = output.read_text(encoding="utf-8") if output.is_file() else None
+        if current != text:
+            state = "missing" if current is None else "stale"
+            typer.echo(f"{output} is {state}: run `outguard config-docs` and commit the result", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{output} is current")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {output}")
+
+
+_CONFIG_INTRO = """\
+<!-- Generated by `outguard config-docs` from the field descriptions in service/settings.py: edit those and
+run the command again. The suite (tests/test_docs.py) fails when this file is not current. -->
+# Configuration
+
+Every setting is an environment variable, read once at start into `service.settings.Settings`.
+Numbers and words are written as they are, switches as `true` or `false`, lists and objects as
+JSON (`OUTGUARD_TOKENS='{"relay-secret": ["score"]}'`). A variable that is not set takes the
+default; "unset" means the feature is off or the value is derived, as the description says.
+`<source>` in a default is the folder outguard is installed from (the source tree for a
+checkout). How the settings fit together: [deploy.md](deploy.md) for a deployment,
+[decision.md](decision.md) for the decision, [backends.md](backends.md) for storage.
+"""
+
+
+def configuration_reference() -> str:
+    """docs/configuration.md: every setting with its variable, default, type and description, by section."""
+    nested: list[tuple[str, type[BaseModel]]] = []
+    sections = _config_sections(Settings, nested)
+    keys: list[tuple[str, type[BaseModel]]] = []
+    for heading, model in nested:  # and the models inside those models, once each
+        if all(model is not seen for _, seen in keys):
+            keys.append((heading, model))
+            nested += [(f"{heading}: `{name}`", sub) for name, f in model.model_fields.items() for sub in _models_in(f)]
+    headings = [title for title, _ in sections] + [heading for heading, _ in keys]
+    lines = [_CONFIG_INTRO.rstrip("\n"), "", "Sections: " + ", ".join(f"[{h}](#{_anchor(h)})" for h in headings) + "."]
+    for title, rows in sections:
+        lines += ["", f"## {title}", "", "| variable | default | type | description |", "| --- | --- | --- | --- |"]
+        lines += rows
+    for heading, model in keys:
+        doc = " ".join((model.__doc__ or "").split())
+        lines += ["", f"## {heading}", ""]
+        if doc:
+            lines += [_cell(doc), ""]
+        lines += ["| key | default | type | description |", "| --- | --- | --- | --- |"]
+        for name, field in model.model_fields.items():
+            lines.append(_config_row(f"`{name}`", field))
+    return "\n".join(lines) + "\n"
+
+
+def _config_sections(
+    settings_cls: type[BaseSettings], nested: list[tuple[str, type[BaseModel]]], first_title: str = "General"
+) -> list[tuple[str, list[str]]]:
+    """The settings' rows, grouped by their `# -- title` comments; a nested model opens a section of its own."""
+    from pydantic_settings import BaseSettings, EnvSettingsSource
+
+    source = EnvSettingsSource(settings_cls)
+    titles = _comment_titles(settings_cls)
+    sections: list[tuple[str, list[str]]] = []
+    comment: str | None = None
+    for name, field in settings_cls.model_fields.items():
+        model = _model_type(field.annotation)
+        if model is not None and issubclass(model, BaseSettings):
+            sections += _config_sections(model, nested, name.replace("_", " ").capitalize())  # reads its own
+            continue
+        title = sections[-1][0] if sections else first_title
+        if titles.get(name, "") != comment:  # a `# -- title` comment opens a section
+            comment = titles.get(name, "")
+            title = comment[:1].upper() + comment[1:] or first_title
+        if model is not None:  # so does a nested model, for it and the fields after it
+            title = name.replace("_", " ").capitalize()
+        if not sections or title != sections[-1][0]:
+            sections.append((title, []))
+        try:
+            names = list(dict.fromkeys(env.upper() for _, env, _ in source._extract_field_info(field, name)))
+        except AttributeError:  # a pydantic-settings without this helper: the plain rule
+            names = [f"{settings_cls.model_config.get('env_prefix', '')}{name}".upper()]
+        variable = f"`{names[0]}`" + (
+            " (also " + ", ".join(f"`{n}`" for n in names[1:]) + ")" if len(names) > 1 else ""
+        )
+        sections[-1][1].append(_config_row(variable, field))
+        for inner in _models_in(field):  # its keys get a table of their own
+            nested.append((f"The keys of `{names[0]}`" + ("" if inner is model else " entries"), inner))
+        delimiter = settings_cls.model_config.get("env_nested_delimiter")
+        if model is not None and delimiter:
+            for key, sub in model.model_fields.items():
+                sections[-1][1].append(_config_row(f"`{names[0]}{delimiter}{key.upper()}`", sub))
+    return [(title, rows) for title, rows in sections if rows]
+
+
+def _comment_titles(cls: type) -> dict[str, str]:
+    """Field name -> the `# -- title` comment it follows in the class's source ("" for a field before any)."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    titles: dict[str, str] = {}
+    title = ""
+    for line in source:
+        if match := re.match(r"    # -- (.+?)\.?$", line):
+            title = re.sub(r"\s*\([^()]*(service\.|docs/|`)[^()]*\)", "", match.group(1).strip())  # no "(where)"
+        elif match := re.match(r"    (\w+)\s*:", line):
+            titles[match.group(1)] = title
+    return titles
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's id for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    import re
+
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def _models_in(field: FieldInfo) -> list[type[BaseModel]]:
+    """The models a setting's value holds: itself, or its items (a list of them, a dict of them)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    found: list[type[BaseModel]] = []
+    pending = [field.annotation]
+    while pending:
+        annotation = pending.pop(0)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found.append(annotation)
+        else:
+            pending += typing.get_args(annotation)
+    return found
+
+
+def _model_type(annotation: object) -> type[BaseModel] | None:
+    from pydantic import BaseModel
+
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _config_row(variable: str, field: FieldInfo) -> str:
+    description = field.description or ""
+    return f"| {variable} | {_config_default(field)} | {_config_type(field)} | {_cell(description)} |"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _config_default(field: FieldInfo) -> str:
+    from pydantic import BaseModel, SecretStr
+    from pydantic_core import PydanticUndefined
+
+    if field.default_factory is not None:
+        value = field.default_factory()  # type: ignore[call-arg]
+    elif field.default is PydanticUndefined:
+        return "required"
+    else:
+        value = field.default
+    if value is None:
+        return "unset"
+    if isinstance(value, BaseModel):
+        return "the keys' defaults (below)"
+    if isinstance(value, SecretStr):
+        return "(secret)"
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    elif isinstance(value, (dict, list, tuple)):
+        text = json.dumps(value, default=str)
+    elif isinstance(value, StrEnum):
+        text = value.value
+    else:
+        text = str(value)
+    root = Path(__file__).resolve().parent.parent
+    if str(root) in text:
+        text = text.replace(str(root), "<source>")
+    elif str(root.parent) in text:
+        text = text.replace(str(root.parent), "<source>/..")
+    return f"`{_cell(text)}`" if text else '`""`'
+
+
+def _config_type(field: FieldInfo) -> str:
+    import types
+    import typing
+
+    from annotated_types import Ge, Gt, Le, Lt, MaxLen
+
+    annotation = field.annotation
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        annotation = next(a for a in args if a is not type(None))
+    arms = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    kind = " or ".join(_config_type_name(arm) for arm in arms) if arms else _config_type_name(annotation)
+    limits = []
+    for item in field.metadata:
+        for cls, sign, attribute in ((Ge, ">=", "ge"), (Gt, ">", "gt"), (Le, "<=", "le"), (Lt, "<", "lt")):
+            if isinstance(item, cls):
+                bound = getattr(item, attribute)
+                limits.append(f"{sign} {int(bound) if isinstance(bound, float) and bound.is_integer() else bound}")
+        if isinstance(item, MaxLen):
+            limits.append(f"at most {item.max_length} characters")
+    return ", ".join([kind, *limits])
+
+
+def _config_type_name(annotation: object) -> str:
+    import typing
+
+    from pydantic import BaseModel, SecretStr
+
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(f"`{value}`" for value in typing.get_args(annotation))
+    if origin in (list, tuple, set):
+        return "JSON list"
+    if origin is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return "JSON object"
+    if isinstance(annotation, type):
+        if issubclass(annotation, bool):
+            return "true/false"
+        if issubclass(annotation, StrEnum):
+            return "one of " + ", ".join(f"`{member.value}`" for member in annotation)
+        names = {int: "integer", float: "number", str: "text", Path: "path", SecretStr: "secret text"}
+        for cls, name in names.items():
+            if issubclass(annotation, cls):
+                return name
+    return str(annotation).replace("typing.", "")
 
 
 if __name__ == "__main__":

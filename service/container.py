@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
-import os
 import secrets
-import time
+import sqlite3
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from redis.asyncio import Redis
 
 from service.feedback.ingest import FeedbackIngestor
+from service.fingerprints.campaigns import CampaignTracker
+from service.fingerprints.redis_content import RedisContentState
 from service.fingerprints.service import FingerprintService
+from service.fingerprints.state import ContentState, LocalContentState
 from service.metrics import Metrics
 from service.model_runtime import ModelHolder, ModelManager, publish
+from service.notify import Cooldown, Cooldowns, LockNoticeHook, Notifier, RedisCooldown
+from service.reports.incident import IncidentSources
+from service.reports.links import ReportLinks
+from service.reports.notice import LockNotices
 from service.scanning import MalwareScanner
 from service.scoring import Scorer
 from service.settings import Settings
 from service.stores import AccountStateStore, BehaviourStore, EngagementStore, MessageIndex, degraded
+from service.stores.checkpoint import FILE_NAME as CHECKPOINT_FILE
+from service.stores.checkpoint import Checkpoint, ledger_times
 from service.stores.database import Database
 from service.stores.degraded import SharedStateHealth
 from service.stores.events import SqlEventLog
@@ -37,12 +48,13 @@ from service.stores.redis_state import (
     RedisMessageIndex,
 )
 from service.stores.rules import SqlIdentityRules
+from service.stores.secrets import SqlServiceSettings
 from service.stores.signatures import SqlSignatureStore
 from service.webhooks.outbox import Dispatcher, WebhookNotifier, WebhookStore
 
 log = logging.getLogger(__name__)
 
-RECIPIENT_KEY_FILE = "recipient-hash.key"
+RECIPIENT_KEY_FILE = "recipient-hash.key"  # before the key moved to the database: taken over from here once
 
 
 @dataclass
@@ -64,11 +76,19 @@ class Container:
     scorer: Scorer
     ingestor: FeedbackIngestor
     models: ModelManager
+    links: ReportLinks  # signed incident-report links and dashboard links (notices, digests, webhooks)
+    notices: LockNotices  # lock notices by mail, sent by the dispatcher
     fingerprints: FingerprintService | None = None
     shared: SharedStateHealth | None = None  # with Redis: its health, for readiness and recovery
     scanner: MalwareScanner | None = None  # with OUTGUARD_CLAMD: malware scanning
+    checkpoint: Checkpoint | None = None  # without Redis: the in-process state's checkpoint to disk
 
     async def aclose(self) -> None:
+        if self.checkpoint is not None:
+            try:
+                await self.checkpoint.save()  # the last one: a restart resumes from here
+            except (OSError, sqlite3.Error) as error:
+                log.error("the hot-state checkpoint at shutdown failed; the last periodic one stands: %s", error)
         if self.scanner is not None:
             await self.scanner.close()
         if self.shared is not None:
@@ -79,27 +99,42 @@ class Container:
         self.database.close()
 
 
-def recipient_hash_key(settings: Settings) -> bytes:
-    """The configured key, or one generated once and kept in the state folder."""
+def recipient_hash_key(settings: Settings, database: Database) -> bytes:
+    """The key recipients are hashed with, which every replica must share (docs/backends.md).
+
+    `OUTGUARD_RECIPIENT_HASH_KEY` if set; else the one kept in the database, made at the
+    first start (from the key file an older release left in the state folder, if any,
+    so that hashes stored before stay comparable). Either way the database keeps a
+    check of the key, and a process started with another key says so in its log.
+    """
+    stored = SqlServiceSettings(database)
     if settings.recipient_hash_key is not None:
-        return settings.recipient_hash_key.get_secret_value().encode()
-    path: Path = settings.state_dir / RECIPIENT_KEY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # Created exclusively and private from the first byte: two processes starting
-        # together agree on one key, and nobody else can read it.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
+        key = settings.recipient_hash_key.get_secret_value()
     else:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
-        log.info("generated a recipient hashing key at %s", path)
-    for _ in range(50):  # another process may be between create and write
-        if key := path.read_text().strip():
-            return key.encode()
-        time.sleep(0.01)
-    raise RuntimeError(f"the recipient hashing key at {path} is empty")
+        old_file = settings.state_dir / RECIPIENT_KEY_FILE
+        old_key = old_file.read_text().strip() if old_file.is_file() else ""
+        key = stored.value_or_create("recipient_hash_key", old_key or secrets.token_hex(32))
+        if old_key and old_key != key:
+            log.warning("the recipient hashing key in %s is not the database's: the database's is used", old_file)
+    check = hmac.new(key.encode(), b"outguard recipient hashing key", hashlib.sha256).hexdigest()
+    if stored.value_or_create("recipient_hash_key_check", check) != check:
+        log.error(
+            "OUTGUARD_RECIPIENT_HASH_KEY is not the key this database's recipients were hashed with: recipients "
+            "hashed here will not match those hashed before or by other replicas. Set the same key everywhere."
+        )
+    return key.encode()
+
+
+def link_key(settings: Settings, database: Database) -> bytes:
+    """The key signing report links: `OUTGUARD_LINK_KEY` if set, else one made once and kept in the database,
+    so every replica and `outguard report` sign and check the same links."""
+    if settings.link_key is not None:
+        return settings.link_key.get_secret_value().encode()
+    return SqlServiceSettings(database).value_or_create("link_key", secrets.token_hex(32)).encode()
+
+
+def report_links(settings: Settings, database: Database) -> ReportLinks:
+    return ReportLinks(link_key(settings, database), settings.public_url, settings.link_ttl_s)
 
 
 def open_database(settings: Settings, metrics: Metrics | None = None) -> Database:
@@ -113,26 +148,55 @@ def open_database(settings: Settings, metrics: Metrics | None = None) -> Databas
 
 @dataclass
 class HotState:
-    behaviour: BehaviourStore
+    """What scoring reads and changes per message, behind one interface: in the process, or in Redis.
+
+    Selected by configuration (`HOT_STATES`, as Feast selects its online store): Redis
+    when `OUTGUARD_REDIS_URL` is set, so that replicas act as one service; else the
+    process's memory, checkpointed to disk (`service.stores.checkpoint`).
+    """
+
+    behaviour: BehaviourStore  # per-account windows
     engagement: EngagementStore
-    accounts: AccountStateStore
-    index: MessageIndex
+    accounts: AccountStateStore  # evidence, lifecycle, templates
+    index: MessageIndex  # recent messages, for feedback
+    cooldowns: Cooldowns  # announcements at most once an hour
+    content: ContentState | None = None  # with fingerprints: campaigns, signature hits, signature changes
     shared: SharedStateHealth | None = None
+    checkpoint: Checkpoint | None = None
 
 
-def in_process_state(settings: Settings, ledger: SqlAccountLedger) -> HotState:
+def instance_id(database: Database) -> str:
+    """The database's own id, made at its first use: a checkpoint belongs to one database."""
+    return SqlServiceSettings(database).value_or_create("instance_id", uuid.uuid4().hex)
+
+
+def in_process_state(settings: Settings, ledger: SqlAccountLedger, metrics: Metrics, database: Database) -> HotState:
+    """The hot state in the process (one process only); restored from its checkpoint, then the ledger's statuses."""
+    behaviour = MemoryBehaviourStore(settings.max_tracked_accounts)
+    engagement = MemoryEngagementStore(settings.max_tracked_accounts)
     accounts = MemoryAccountStateStore(settings.max_tracked_accounts)
-    for key, state in ledger.load().items():  # locks and allowlists survive restarts
-        accounts.restore(key, state)
+    checkpoint = None
+    if settings.checkpoint_interval_s > 0:
+        path = settings.state_dir / CHECKPOINT_FILE
+        checkpoint = Checkpoint(path, instance_id(database), behaviour, engagement, accounts)
+        checkpoint.restore(ledger.load(), ledger_times(database))
+    else:
+        for key, state in ledger.load().items():  # locks and allowlists survive restarts
+            accounts.restore(key, state)
+    campaigns = settings.fingerprint_policy.campaign
+    content = LocalContentState(CampaignTracker(campaigns)) if settings.fingerprints else None
     return HotState(
-        MemoryBehaviourStore(settings.max_tracked_accounts),
-        MemoryEngagementStore(settings.max_tracked_accounts),
+        behaviour,
+        engagement,
         accounts,
         MemoryMessageIndex(settings.message_index_size),
+        Cooldown(),
+        content,
+        checkpoint=checkpoint,
     )
 
 
-def redis_state(settings: Settings, ledger: SqlAccountLedger, metrics: Metrics) -> HotState:
+def redis_state(settings: Settings, ledger: SqlAccountLedger, metrics: Metrics, database: Database) -> HotState:
     """The hot state in Redis, shared by every replica; a miss on an account's lifecycle reads the ledger."""
     assert settings.redis_url is not None
     client = Redis.from_url(
@@ -151,13 +215,32 @@ def redis_state(settings: Settings, ledger: SqlAccountLedger, metrics: Metrics) 
         probe_interval_s=settings.redis_probe_interval_s,
         metrics=metrics,
     )
+    policy = settings.fingerprint_policy
+    content = (
+        RedisContentState(client, prefix, policy.campaign, policy.signature_ttl_seconds, health)
+        if settings.fingerprints
+        else None
+    )
     return HotState(
         degraded.DegradableBehaviour(RedisBehaviourStore(client, prefix), health),
         degraded.DegradableEngagement(RedisEngagementStore(client, prefix), health),
         degraded.DegradableAccounts(accounts, ledger, health),
         degraded.DegradableIndex(RedisMessageIndex(client, prefix), health),
+        RedisCooldown(client, prefix, health),
+        content,
         health,
     )
+
+
+HOT_STATES: dict[str, Callable[[Settings, SqlAccountLedger, Metrics, Database], HotState]] = {
+    "memory": in_process_state,
+    "redis": redis_state,
+}
+
+
+def hot_state(settings: Settings, ledger: SqlAccountLedger, metrics: Metrics, database: Database) -> HotState:
+    """The hot state the settings select: "redis" when `OUTGUARD_REDIS_URL` is set, else "memory"."""
+    return HOT_STATES["redis" if settings.redis_url else "memory"](settings, ledger, metrics, database)
 
 
 def build_scanner(settings: Settings, metrics: Metrics) -> MalwareScanner | None:
@@ -176,21 +259,44 @@ def build_scanner(settings: Settings, metrics: Metrics) -> MalwareScanner | None
 
 
 def build_container(settings: Settings) -> Container:
-    metrics = Metrics()
+    metrics = Metrics(settings.metrics_relay_limit)
     models = ModelManager(settings, metrics)
     model = ModelHolder(models.load_primary(), models.load_shadow_or_none())
     publish(metrics, model.current)
     database = open_database(settings, metrics)
     events = SqlEventLog(database, on_drop=metrics.events_dropped.inc)
     ledger = SqlAccountLedger(database)
-    hot = redis_state(settings, ledger, metrics) if settings.redis_url else in_process_state(settings, ledger)
+    hot = hot_state(settings, ledger, metrics, database)
     behaviour, engagement, accounts, index = hot.behaviour, hot.engagement, hot.accounts, hot.index
     feedback = SqlFeedbackLog(database)
     rules = SqlIdentityRules(database)
     webhooks = WebhookStore(database)
-    notifier = WebhookNotifier(webhooks, settings)
+    links = report_links(settings, database)
+    webhook_notifier = WebhookNotifier(webhooks, settings, links)
+    notices = LockNotices(
+        settings,
+        IncidentSources(
+            database=database,
+            accounts=accounts,
+            engagement=engagement,
+            ledger=ledger,
+            model=model,
+            hold_threshold=settings.hold_threshold,
+            lock_threshold=settings.lock_threshold,
+        ),
+        links,
+        flush=events.flush,
+    )
+    # A lock is announced to webhooks and, where someone is to be told, queued as a notice by mail.
+    notifier: Notifier = (
+        LockNoticeHook(webhook_notifier, webhooks, notices.wants, webhook_notifier.wake.set)
+        if notices.target is not None
+        else webhook_notifier
+    )
     fingerprints = (
-        FingerprintService(settings.fingerprint_policy, SqlSignatureStore(database)) if settings.fingerprints else None
+        FingerprintService(settings.fingerprint_policy, SqlSignatureStore(database), hot.content)
+        if settings.fingerprints
+        else None
     )
     scanner = build_scanner(settings, metrics)
     scorer = Scorer(
@@ -202,7 +308,7 @@ def build_container(settings: Settings) -> Container:
         events=events,
         metrics=metrics,
         policy=settings.decision_policy,
-        recipient_hash_key=recipient_hash_key(settings),
+        recipient_hash_key=recipient_hash_key(settings, database),
         reasons=settings.reasons,
         rules=rules,
         ledger=ledger,
@@ -211,6 +317,7 @@ def build_container(settings: Settings) -> Container:
         store_subjects=settings.store_subjects,
         fingerprints=fingerprints,
         scanner=scanner,
+        cooldowns=hot.cooldowns,
     )
     ingestor = FeedbackIngestor(
         scored=events,
@@ -220,6 +327,7 @@ def build_container(settings: Settings) -> Container:
         metrics=metrics,
         notifier=notifier,
         fingerprints=fingerprints,
+        cooldowns=hot.cooldowns,
     )
     return Container(
         settings=settings,
@@ -231,7 +339,7 @@ def build_container(settings: Settings) -> Container:
         rules=rules,
         ledger=ledger,
         webhooks=webhooks,
-        dispatcher=Dispatcher(webhooks, notifier, settings),
+        dispatcher=Dispatcher(webhooks, webhook_notifier, settings, notices),
         behaviour=behaviour,
         engagement=engagement,
         accounts=accounts,
@@ -239,7 +347,10 @@ def build_container(settings: Settings) -> Container:
         scorer=scorer,
         ingestor=ingestor,
         models=models,
+        links=links,
+        notices=notices,
         fingerprints=fingerprints,
         shared=hot.shared,
         scanner=scanner,
+        checkpoint=hot.checkpoint,
     )

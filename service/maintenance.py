@@ -1,4 +1,5 @@
-"""The service's background chores: re-reading what other replicas change, and the event log's retention."""
+"""The service's background chores: re-reading what other replicas change, the event log's retention, and the
+in-process state's checkpoint."""
 
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ class Chores:
             self._tasks.append(
                 asyncio.create_task(_every(settings.shared_refresh_s, self.refresh_shared, "refresh"), name="refresh")
             )
+        if (fingerprints := self.container.fingerprints) is not None:
+            # Signatures other replicas (or `outguard signatures import`) changed: SQLite has such writers too.
+            refresh = _every(settings.shared_refresh_s, fingerprints.refresh, "signature refresh")
+            self._tasks.append(asyncio.create_task(refresh, name="signature-refresh"))
+        if (checkpoint := self.container.checkpoint) is not None:
+            task = asyncio.create_task(checkpoint.run(settings.checkpoint_interval_s), name="checkpoint")
+            self._tasks.append(task)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -1,16 +1,29 @@
-"""Prometheus metrics, on a registry of the app's own (so several apps can live in one process)."""
+"""Prometheus metrics, on a registry of the app's own (so several apps can live in one process).
+
+The scoring series carry a `relay` label. Its cardinality is bounded: the first
+`relay_limit` relays seen (OUTGUARD_METRICS_RELAY_LIMIT) get their own series, any relay
+after them is counted as `other`, so a relay name taken from traffic cannot grow the
+registry without end.
+"""
 
 from __future__ import annotations
+
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PROBABILITY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 1.0)
+OTHER_RELAY = "other"
+DEFAULT_RELAY_LIMIT = 100
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, relay_limit: int = DEFAULT_RELAY_LIMIT) -> None:
         self.registry = CollectorRegistry()
+        self.relay_limit = relay_limit
+        self._relays: set[str] = set()
+        self._relays_lock = threading.Lock()
         self.requests = Counter(
             "outguard_http_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry
         )
@@ -21,7 +34,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.messages_scored = Counter("outguard_messages_scored", "Messages scored", registry=self.registry)
+        self.messages_scored = Counter(
+            "outguard_messages_scored", "Messages scored, by relay", ["relay"], registry=self.registry
+        )
+        self.score_latency = Histogram(
+            "outguard_score_seconds",
+            "Time from a scoring request's start to each message's answer, by relay",
+            ["relay"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.spam_probability = Histogram(
             "outguard_spam_probability",
             "Calibrated spam probability of scored messages",
@@ -34,9 +56,14 @@ class Metrics:
         self.campaigns_detected = Counter(
             "outguard_campaigns_detected", "Content clusters that became campaigns", registry=self.registry
         )
-        self.actions = Counter("outguard_actions", "Actions returned", ["action"], registry=self.registry)
+        self.actions = Counter(
+            "outguard_actions", "Actions returned, by action and relay", ["action", "relay"], registry=self.registry
+        )
         self.lock_recommendations = Counter(
-            "outguard_lock_recommendations", "Answers recommending an account lock", registry=self.registry
+            "outguard_lock_recommendations",
+            "Answers recommending an account lock, by relay",
+            ["relay"],
+            registry=self.registry,
         )
         self.events_dropped = Counter(
             "outguard_events_dropped", "Scored events dropped because the log queue was full", registry=self.registry
@@ -133,3 +160,15 @@ class Metrics:
         self.model_info = Gauge(
             "outguard_model_info", "The model in use (value 1)", ["version", "feature_spec"], registry=self.registry
         )
+
+    def relay(self, name: str) -> str:
+        """The `relay` label for a relay: its name for the first `relay_limit` seen, else `other`."""
+        if name in self._relays:
+            return name
+        with self._relays_lock:
+            if name in self._relays:
+                return name
+            if len(self._relays) < self.relay_limit and name != OTHER_RELAY:
+                self._relays.add(name)
+                return name
+        return OTHER_RELAY

@@ -6,12 +6,22 @@ environment at import time.
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 from pathlib import Path
 from string import Formatter
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -110,16 +120,107 @@ def check_reply_template(name: str, template: str, reveal_scores: bool) -> None:
             raise ValueError(f"{name}: {{{field}}} reveals scores; it needs reply_reveal_scores set to true")
 
 
+class Customer(BaseModel):
+    """One customer of `OUTGUARD_CUSTOMERS`: the domains of its accounts and who to tell about them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domains: list[str] = Field(description="Domains (the part after @): exact, or `*.suffix` for every subdomain")
+    contact: str | None = Field(default=None, description="Address mailed a lock notice with notice_customer")
+
+    @field_validator("domains")
+    @classmethod
+    def _domain_patterns(cls, value: list[str]) -> list[str]:
+        cleaned = [d.strip().lower() for d in value]
+        for domain in cleaned:
+            bare = domain.removeprefix("*.")
+            if not bare or any(c in bare for c in "*?[]@ ") or domain.count("*") > 1:
+                raise ValueError(f"{domain!r} is not a domain or *.suffix pattern")
+        return cleaned
+
+    @field_validator("contact")
+    @classmethod
+    def _an_address(cls, value: str | None) -> str | None:
+        if value is not None and "@" not in value:
+            raise ValueError("contact is an email address")
+        return value
+
+    def owns(self, domain: str) -> bool:
+        domain = domain.lower()
+        return any(domain == d or (d.startswith("*.") and domain.endswith(d[1:])) for d in self.domains)
+
+
+# A token's name: what every audit entry records as who did it.
+TOKEN_NAME_PATTERN = r"^[A-Za-z0-9._@:+-]{1,64}$"
+RELAY_NAME_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+
+
+class NamedToken(BaseModel):
+    """One bearer token of `OUTGUARD_TOKENS`: who holds it, what it may do, and on which relays."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TOKEN_NAME_PATTERN, description="Who holds it: the name every audit entry records")
+    token: SecretStr = Field(description="The bearer token itself")
+    scopes: list[Scope] = Field(min_length=1, description="score, feedback, admin")
+    relays: list[Annotated[str, StringConstraints(pattern=RELAY_NAME_PATTERN)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="Only these relays (scoring, accounts, reports, bulk actions, the audit log); unset: every relay",
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _usable(cls, value: SecretStr) -> SecretStr:
+        token = value.get_secret_value()
+        if not token or token != token.strip() or not token.isascii() or not token.isprintable():
+            raise ValueError("a token is printable ASCII without surrounding spaces")
+        return value
+
+
+def legacy_token_name(token: str, length: int = 4) -> str:
+    """The name of a token given in the `{"TOKEN": [scopes]}` form: `token-` and the start of its SHA-256."""
+    return "token-" + hashlib.sha256(token.encode()).hexdigest()[:length]
+
+
+def named_tokens(tokens: dict[str, list[Scope]] | list[NamedToken] | list[dict[str, object]]) -> list[NamedToken]:
+    """Either form of `OUTGUARD_TOKENS` as named tokens (the legacy form's names lengthened until unique)."""
+    if isinstance(tokens, dict):
+        for length in (4, 8, 16, 64):
+            names = [legacy_token_name(token, length) for token in tokens]
+            if len(set(names)) == len(names):
+                break
+        return [
+            NamedToken(name=name, token=SecretStr(token), scopes=list(scopes))
+            for name, (token, scopes) in zip(names, tokens.items(), strict=True)
+        ]
+    return _NAMED_TOKENS.validate_python(tokens)
+
+
+_NAMED_TOKENS = TypeAdapter(list[NamedToken])
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OUTGUARD_", env_file=None, extra="ignore")
 
     # -- serving
-    host: str = "127.0.0.1"
-    port: int = 8000
-    tokens: dict[str, list[Scope]] = Field(
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address `outguard serve` binds (its --host overrides); anything but loopback needs tokens",
+    )
+    port: int = Field(default=8000, description="Port `outguard serve` listens on (its --port overrides)")
+    metrics_relay_limit: int = Field(
+        default=100,
+        ge=1,
+        description="Relays that get their own `relay` label on the scoring metrics (/metrics); relays seen after "
+        "the first this many are counted as `other`, so the number of series stays bounded",
+    )
+    tokens: dict[str, list[Scope]] | list[NamedToken] = Field(
         default_factory=dict,
-        description='Bearer tokens and their scopes, as JSON: {"TOKEN": ["score", "feedback"]}. '
-        "Empty: no auth, and the service only binds loopback.",
+        description='Bearer tokens, as JSON: [{"name": "alice", "token": "...", "scopes": ["admin"], '
+        '"relays": ["relay-a"]}] (relays: optional, only those relays), or {"TOKEN": ["score", "feedback"]} '
+        '(each named "token-" and the first 4 hex digits of its SHA-256). The name is recorded in every audit '
+        "entry. Empty: no auth, and the service only binds loopback.",
     )
 
     # -- storage
@@ -129,7 +230,10 @@ class Settings(BaseSettings):
     )
     database_pool_size: int = Field(default=8, ge=1, description="PostgreSQL connections per process")
     event_retention_days: float = Field(
-        default=90.0, gt=0, description="Scored messages and feedback older than this are deleted (days)"
+        default=90.0,
+        gt=0,
+        description="Scored messages and feedback older than this are deleted (days; whole daily partitions on "
+        "PostgreSQL)",
     )
     redis_url: str | None = Field(
         default=None,
@@ -153,20 +257,43 @@ class Settings(BaseSettings):
         "finds it again",
     )
     shared_refresh_s: float = Field(
-        default=5.0, gt=0, description="How often identity rules and webhook subscriptions are re-read (seconds)"
+        default=5.0,
+        gt=0,
+        description="How often identity rules, webhook subscriptions and other replicas' signature changes are "
+        "re-read (seconds)",
     )
-    state_dir: Path = PROJECT_ROOT / "var"
+    state_dir: Path = Field(
+        default=PROJECT_ROOT / "var",
+        description="Local state: the link key generated when unset, the in-process checkpoint, the default "
+        "MLflow store, registry models downloaded, digests written as files",
+    )
     recipient_hash_key: SecretStr | None = Field(
         default=None,
-        description="Key for hashing recipient addresses in stored events; generated into state_dir when unset.",
+        description="Key for hashing recipient addresses in stored events, the same on every replica. Unset: one "
+        "generated at the first start and kept in the database, which every replica reads",
+    )
+    checkpoint_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Without Redis: how often account windows, engagement and evidence are checkpointed to "
+        "state_dir/hot-state.sqlite (also at shutdown; restored at start). 0: never, a restart forgets them",
     )
     store_subjects: bool = Field(
         default=True, description="Keep the first 120 characters of each subject, for incident reports"
     )
-    event_queue_max: int = Field(default=100_000, ge=1, description="Scored events waiting for the log writer")
-    max_tracked_accounts: int = Field(default=200_000, ge=1, description="Accounts kept in in-process state (LRU)")
+    event_queue_max: int = Field(
+        default=100_000,
+        ge=1,
+        description="Scored events waiting for the log writer; past it they are dropped and counted",
+    )
+    max_tracked_accounts: int = Field(
+        default=200_000, ge=1, description="Accounts kept in in-process state (the least recently seen evicted)"
+    )
     message_index_size: int = Field(
-        default=500_000, ge=1, description="Recently scored Message-IDs kept in memory for matching feedback"
+        default=500_000,
+        ge=1,
+        description="Recently scored Message-IDs kept in memory for matching feedback (older ones are looked up in "
+        "the log)",
     )
 
     # -- malware scanning with ClamAV (service.scanning, docs/clamav.md)
@@ -196,9 +323,18 @@ class Settings(BaseSettings):
     )
 
     # -- model
-    model_dir: Path = PROJECT_ROOT / "models" / "default"
-    data_dir: Path = PROJECT_ROOT.parent / "shared" / "data"
-    cache_dir: Path = PROJECT_ROOT / ".cache"
+    model_dir: Path = Field(
+        default=PROJECT_ROOT / "models" / "default",
+        description="The model bundle served with model_source=dir (and before the registry has a champion); "
+        "`outguard train` writes it",
+    )
+    data_dir: Path = Field(
+        default=PROJECT_ROOT.parent / "shared" / "data",
+        description="The public corpora, for training, evaluation, benchmarks and the corpus tests",
+    )
+    cache_dir: Path = Field(
+        default=PROJECT_ROOT / ".cache", description="Corpora extracted and features cached for training and evaluation"
+    )
 
     # -- request limits
     max_raw_bytes: int = Field(
@@ -216,16 +352,31 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         default=100 * 1024 * 1024, ge=1024, description="Largest request body; refused with 413 before it is read"
     )
-    max_batch: int = Field(default=1_000, ge=1)
-    max_recipients: int = Field(default=10_000, ge=1)
+    max_batch: int = Field(
+        default=1_000, ge=1, description="Most messages in a score batch, or events in a feedback batch (413 over it)"
+    )
+    max_recipients: int = Field(
+        default=10_000, ge=1, description="Most recipients of one message (413 over it; MTA adapters keep the first)"
+    )
     max_clock_skew_s: int = Field(
         default=3_600, ge=0, description="How far in the future a message timestamp may be (seconds)"
     )
     reasons: int = Field(default=5, ge=0, le=50, description="Top feature contributions in each answer")
 
     # -- decision
-    hold_threshold: float = Field(default=0.99, gt=0, lt=1)
-    reject_threshold: float = Field(default=0.999, gt=0, lt=1)
+    hold_threshold: float = Field(
+        default=0.99,
+        gt=0,
+        lt=1,
+        description="Hold (quarantine) a message with at least this spam probability; reports count it as spam",
+    )
+    reject_threshold: float = Field(
+        default=0.999,
+        gt=0,
+        lt=1,
+        description="Reject a message with at least this spam probability from an account already recommended "
+        "for locking (at least hold_threshold)",
+    )
     target_false_locks_per_1000_account_days: float = Field(
         default=0.5, gt=0, description="The false-lock rate the lock threshold is derived from"
     )
@@ -331,7 +482,10 @@ class Settings(BaseSettings):
         default="dir", description="Serve the bundle in model_dir, or the registry's `champion`"
     )
     model_poll_s: float = Field(
-        default=0.0, ge=0, description="With model_source=registry: how often to look for a new champion (0: never)"
+        default=0.0,
+        ge=0,
+        description="With model_source=registry: how often to look for a new champion (0: only on "
+        "POST /v1/admin/models/reload)",
     )
     shadow_model: str | None = Field(
         default=None,
@@ -346,21 +500,49 @@ class Settings(BaseSettings):
 
     # -- digests (`outguard report`)
     smtp_host: str | None = Field(default=None, description="SMTP server for digests; unset: write files instead")
-    smtp_port: int = Field(default=587, ge=1, le=65535)
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535, description="Port of the SMTP server")
+    smtp_username: str | None = Field(default=None, description="SMTP login; unset: no login")
+    smtp_password: SecretStr | None = Field(default=None, description="Password of the SMTP login")
     smtp_starttls: bool = Field(default=True, description="Upgrade the SMTP connection with STARTTLS")
-    smtp_from: str = Field(default="outguard@localhost", description="From address of digests")
+    smtp_from: str = Field(default="outguard@localhost", description="From address of digests and lock notices")
+
+    # -- lock notices (service.reports.notice) and the dashboard's customers
+    notice_to: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Who is mailed a notice (the incident report) when an account is locked, per relay, as JSON: "
+        '{"*": ["abuse@provider.example"], "relay-a": ["noc@a.example"]} ("*": every relay without an entry of '
+        "its own). Sent at once through the webhook outbox (durable, retried); needs OUTGUARD_SMTP_HOST",
+    )
+    notice_customer: bool = Field(
+        default=False,
+        description="Also mail the notice to the contact of the customer whose account was locked (OUTGUARD_CUSTOMERS)",
+    )
+    customers: dict[str, Customer] = Field(
+        default_factory=dict,
+        description="Customers by name, for the dashboard's per-customer view and lock notices, as JSON: "
+        '{"Acme": {"domains": ["acme.example", "*.acme.example"], "contact": "it@acme.example"}}. An account '
+        "belongs to the customer of the part after its @; accounts of no customer are shown by that domain",
+    )
+    link_key: SecretStr | None = Field(
+        default=None,
+        description="Key (HMAC) of the signed, expiring, read-only incident-report links in notices, digests and "
+        "webhooks; unset: one made at the first start and kept in the database, shared by every replica",
+    )
+    link_ttl_s: int = Field(
+        default=7 * 86_400, ge=300, le=90 * 86_400, description="How long a signed incident-report link works (seconds)"
+    )
 
     # -- webhooks
     public_url: str = Field(default="http://127.0.0.1:8000", description="How subscribers reach this service (links)")
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhook URLs that resolve to loopback or private addresses"
     )
-    webhook_timeout_s: float = Field(default=5.0, gt=0)
-    webhook_max_attempts: int = Field(default=10, ge=1)
+    webhook_timeout_s: float = Field(default=5.0, gt=0, description="Longest wait for a subscriber's answer (seconds)")
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, description="Deliveries tried before an event is marked failed for a subscriber"
+    )
     webhook_backoff_s: float = Field(default=5.0, gt=0, description="First retry delay; doubles per attempt")
-    webhook_backoff_max_s: float = Field(default=3_600.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=3_600.0, gt=0, description="Longest retry delay (seconds)")
 
     # -- milter (service.adapters.milter; docs/relay-integration.md)
     milter_listen: str | None = Field(
@@ -437,7 +619,11 @@ class Settings(BaseSettings):
         "relay also scores its messages (milter, /checkv2, spamd), which counts them already",
     )
 
-    relay_policy: RelayPolicy = Field(default_factory=RelayPolicy)
+    relay_policy: RelayPolicy = Field(
+        default_factory=RelayPolicy,
+        description="How relays treat risky accounts, as JSON with any of the keys below: rate limits, locks, "
+        "SMTP reply texts",
+    )
     relay_policies: dict[str, dict[str, object]] = Field(
         default_factory=dict,
         description='Per-relay overrides of relay_policy, as JSON: {"relay-a": {"auto_lock": false}}',
@@ -446,6 +632,25 @@ class Settings(BaseSettings):
     def policy_for(self, relay: str) -> RelayPolicy:
         overrides = self.relay_policies.get(relay)
         return self.relay_policy.model_copy(update=overrides) if overrides else self.relay_policy
+
+    @field_validator("notice_to")
+    @classmethod
+    def _notice_addresses(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for relay, addresses in value.items():
+            if any("@" not in a for a in addresses):
+                raise ValueError(f"notice_to[{relay!r}]: every entry is an email address")
+        return value
+
+    def notice_recipients(self, relay: str) -> list[str]:
+        """The provider's addresses for a lock notice on `relay` (its own entry, else "*")."""
+        return list(self.notice_to.get(relay, self.notice_to.get("*", [])))
+
+    def customer_of(self, account: str) -> tuple[str, Customer] | None:
+        """The customer an account belongs to, by the part after its @ (None: no customer has that domain)."""
+        _, at, domain = account.rpartition("@")
+        if not at:
+            return None
+        return next(((name, c) for name, c in self.customers.items() if c.owns(domain)), None)
 
     @field_validator("clamd")
     @classmethod
@@ -550,3 +755,22 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.tokens)
+
+    @property
+    def named_tokens(self) -> list[NamedToken]:
+        """The tokens, named, whichever form they were given in (`service.api.auth`)."""
+        return named_tokens(self.tokens)
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_tokens(
+        cls, value: dict[str, list[Scope]] | list[NamedToken]
+    ) -> dict[str, list[Scope]] | list[NamedToken]:
+        if isinstance(value, list):
+            for what, items in (
+                ("name", [t.name for t in value]),
+                ("token", [t.token.get_secret_value() for t in value]),
+            ):
+                if len(set(items)) != len(items):
+                    raise ValueError(f"two tokens have the same {what}: every token needs its own")
+        return value

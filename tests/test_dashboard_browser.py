@@ -79,8 +79,8 @@ def test_an_admin_logs_in_sees_the_charts_and_locks_an_account(filled_server: st
         page.screenshot(path=str(ARTIFACTS / "dashboard-overview.png"), full_page=True)
 
         active = page.locator("#riskiest tr", has=page.locator(".status.active")).first
-        account = active.locator("a").inner_text()
-        active.locator("a").click()
+        account = active.locator("a.account").inner_text()
+        active.locator("a.account").click()
         expect(page.locator("#status")).to_have_text("active")
         assert page.locator("figure.chart polyline.line").count() == 2
         page.fill("input[name=reason]", "checked by the browser test")
@@ -98,3 +98,57 @@ def test_an_admin_logs_in_sees_the_charts_and_locks_an_account(filled_server: st
     )
     assert answer.json()["status"] == "locked"
     assert answer.json()["lock_history"][0]["reason"] == "checked by the browser test"
+
+
+def test_an_admin_selects_rows_locks_them_in_bulk_and_follows_the_live_log(filled_server: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.conftest import make_raw
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"{filled_server}/dashboard/login?next=/dashboard/accounts%3Fstatus%3Dactive")
+        page.fill("input[name=token]", TOKEN)
+        page.click("button[type=submit]")
+        expect(page.locator("h1")).to_have_text("Accounts")
+
+        # Rows shown active now (an expired temporary lock of the replayed past is "active" to the filter).
+        boxes = page.locator("#accounts tr", has=page.locator("span.status.active")).locator("input.pick")
+        picked = []
+        for n in range(2):
+            boxes.nth(n).check()
+            picked.append((boxes.nth(n).get_attribute("data-relay"), boxes.nth(n).get_attribute("data-account")))
+        expect(page.locator("form.bulk .picked")).to_have_text("2")
+        page.select_option("form.bulk select[name=action]", "lock")
+        page.fill("form.bulk input[name=reason]", "bulk lock from the browser test")
+        page.click("form.bulk .bulk-preview")
+        expect(page.locator(".bulk-summary")).to_have_text("Dry run of lock on 2 account(s).")
+        expect(page.locator(".bulk-result")).to_contain_text("would change: ")
+        for relay, name in picked:  # a dry run changes nothing
+            answer = httpx.get(f"{filled_server}/v1/accounts/{relay}/{quote(name, safe='@/')}", headers=auth)
+            assert answer.json()["status"] == "active"
+        page.click("form.bulk .bulk-confirm")
+        expect(page.locator(".bulk-summary")).to_have_text("Done: lock on 2 account(s).")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-bulk-lock.png"), full_page=True)
+
+        page.goto(f"{filled_server}/dashboard/log")
+        expect(page.locator("#decisions tbody tr").first).to_be_visible()
+        message = {
+            "message_id": "<browser-live@example.net>",
+            "relay": picked[0][0],
+            "account": "live-log@example.net",
+            "recipients": ["someone@example.org"],
+            "raw": make_raw(),
+        }
+        assert httpx.post(f"{filled_server}/v1/score", json=message, headers=auth).status_code == 200
+        arrived = page.locator("#decisions tbody tr.new", has_text="live-log@example.net")
+        expect(arrived).to_have_count(1, timeout=10_000)  # polled in, without a reload
+        browser.close()
+
+    for relay, name in picked:
+        answer = httpx.get(f"{filled_server}/v1/accounts/{relay}/{quote(name, safe='@/')}", headers=auth)
+        assert answer.json()["status"] == "locked"
+        assert answer.json()["lock_history"][0]["reason"] == "bulk lock from the browser test"

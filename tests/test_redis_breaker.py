@@ -184,7 +184,7 @@ def test_hung_redis_is_skipped_after_the_first_timeout_and_used_again_after_a_pr
         assert count(metrics.shared_state_failures) == 1
 
         # A lock made during the outage goes to the ledger, and is written back to Redis on recovery.
-        assert client.post("/v1/accounts/default/mallory/lock", json=ADMIN).status_code == 200
+        assert client.post("/v1/accounts/default/mallory/lock", json={**ADMIN, "force": True}).status_code == 200
         assert score(client, 0, "mallory").json()["account_locked"] is True
         skipped_while_hung = count(metrics.shared_state_skipped)
         assert count(metrics.shared_state_failures) == 1

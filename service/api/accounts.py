@@ -3,6 +3,11 @@
 Account names hold `@`, `/` and `(`: the URL takes them percent-encoded
 (`/v1/accounts/default/33%3Awp-content%2Fx.php/lock`), and the path converter accepts
 the slashes they decode to.
+
+A lock of an account the service has never seen (no message scored in the retained log,
+no status recorded) is refused with 409 unless the body says `force: true`: a typo
+must not create an account. Without an `actor`, the token's name is the actor; the
+audit entry records the token's name as its principal either way.
 """
 
 from __future__ import annotations
@@ -20,16 +25,18 @@ from sqlalchemy import Connection
 
 from features.engagement import engagement_features
 from features.spec import FEATURE_INDEX
+from service.api.auth import Principal, PrincipalDep
 from service.api.common import ContainerDep, json_response
 from service.api.routes import ERRORS
 from service.api.schemas import Name
 from service.container import Container
 from service.decision import account_risk
+from service.errors import OutguardError
 from service.feedback.verdicts import signatures_to_take_down
 from service.fingerprints.templates import remembered_templates
 from service.lifecycle import Transition, admin_allowlist, admin_lock, admin_reset, admin_unlock
 from service.reports.incident import IncidentSources, build_incident, render
-from service.stores import AccountKey, AccountState
+from service.stores import AccountKey, AccountState, AccountStatus
 from service.stores.database import mappings
 
 accounts_router = APIRouter(prefix="/v1/accounts", tags=["accounts"], responses=ERRORS)
@@ -51,16 +58,39 @@ INCIDENT_CONTENT = {
 }
 
 
+Actor = Annotated[Name, StringConstraints(min_length=1, max_length=256)]
+Reason = Annotated[Name, StringConstraints(min_length=1, max_length=2000)]
+
+
+class AccountNeverSeen(OutguardError):
+    """A lock of an account the service has never seen (a typo?), without `force`."""
+
+    status = 409
+    code = "account_never_seen"
+
+
 class AdminAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    actor: Annotated[Name, StringConstraints(min_length=1, max_length=256)]
-    reason: Annotated[Name, StringConstraints(min_length=1, max_length=2000)]
+    actor: Actor | None = Field(
+        default=None,
+        description="Who asks (a person, a ticket system); default: the token's name. The audit entry records "
+        "the token's name as its principal either way",
+    )
+    reason: Reason
+
+    def actor_for(self, principal: Principal) -> str:
+        return self.actor or principal.name
 
 
 class LockIn(AdminAction):
     duration_s: int | None = Field(
         default=None, ge=60, le=MAX_LOCK_S, description="A temporary lock, up to ten years; default: permanent"
+    )
+    force: bool = Field(
+        default=False,
+        description="Lock an account this service has never seen (no message scored, no status recorded); "
+        "without it, such a lock is refused with 409, so a typo does not create an account",
     )
 
 
@@ -184,7 +214,10 @@ async def lock_history(relay: RelayPath, account: AccountPath, container: Contai
 async def change_account(
     container: Container, key: AccountKey, change: Callable[[AccountState, float], Transition]
 ) -> None:
-    """An admin's change to an account (the API's and the dashboard's), audited before it takes effect."""
+    """An admin's change to an account (the API's and the dashboard's), audited before it takes effect.
+
+    The audit entry's principal is the request's token (`service.stores.ledger.acting_principal`).
+    """
     at = time.time()
     state = await container.accounts.get(key)
     transition = change(state, at)
@@ -199,6 +232,33 @@ async def change_account(
         await container.fingerprints.remove(false_lock, transition.actor, at)
 
 
+def evidently_seen(state: AccountState) -> bool:
+    """The hot state alone shows the account is known (the database may know it otherwise: `account_seen`)."""
+    return bool(
+        state.messages_scored
+        or state.last_scored is not None
+        or state.status is not AccountStatus.ACTIVE
+        or state.allowlisted
+        or state.temporary_locks
+    )
+
+
+async def account_seen(container: Container, key: AccountKey, state: AccountState | None = None) -> bool:
+    """Whether the service knows the account: it scored its mail (in the retained log) or recorded a status."""
+    state = state if state is not None else await container.accounts.get(key)
+    if evidently_seen(state):
+        return True
+    await container.events.flush()  # a message scored just before is in the log
+    return key.account in await container.ledger.seen(key.relay, [key.account])
+
+
+def never_seen(key: AccountKey) -> AccountNeverSeen:
+    return AccountNeverSeen(
+        f"account {key.account!r} has never been seen on relay {key.relay!r} (no message scored, no status "
+        "recorded): check its name, or send `force: true` to lock it anyway"
+    )
+
+
 async def _admin(
     container: Container, key: AccountKey, change: Callable[[AccountState, float], Transition]
 ) -> Response:
@@ -206,36 +266,49 @@ async def _admin(
     return json_response(await account_view(container, key))
 
 
-@accounts_router.post("/{relay}/{account:path}/lock", summary="Lock the account (permanent, or for duration_s)")
-async def lock(relay: RelayPath, account: AccountPath, body: LockIn, container: ContainerDep) -> Response:
-    return await _admin(
-        container, AccountKey(relay, account), lambda s, at: admin_lock(s, body.actor, body.reason, at, body.duration_s)
-    )
+@accounts_router.post(
+    "/{relay}/{account:path}/lock",
+    summary="Lock the account (permanent, or for duration_s); an account never seen needs force",
+    responses={409: {"description": "The account has never been seen: check its name, or send force"}},
+)
+async def lock(
+    relay: RelayPath, account: AccountPath, body: LockIn, container: ContainerDep, principal: PrincipalDep
+) -> Response:
+    key = AccountKey(relay, account)
+    if not body.force and not await account_seen(container, key):
+        raise never_seen(key)
+    actor = body.actor_for(principal)
+    return await _admin(container, key, lambda s, at: admin_lock(s, actor, body.reason, at, body.duration_s))
 
 
 @accounts_router.post(
     "/{relay}/{account:path}/unlock",
     summary="Unlock the account; its evidence starts over and the templates it sent become known-good",
 )
-async def unlock(relay: RelayPath, account: AccountPath, body: AdminAction, container: ContainerDep) -> Response:
-    return await _admin(
-        container, AccountKey(relay, account), lambda s, at: admin_unlock(s, body.actor, body.reason, at)
-    )
+async def unlock(
+    relay: RelayPath, account: AccountPath, body: AdminAction, container: ContainerDep, principal: PrincipalDep
+) -> Response:
+    actor = body.actor_for(principal)
+    return await _admin(container, AccountKey(relay, account), lambda s, at: admin_unlock(s, actor, body.reason, at))
 
 
 @accounts_router.post("/{relay}/{account:path}/reset", summary="Back to active, with no evidence and no lock count")
-async def reset(relay: RelayPath, account: AccountPath, body: AdminAction, container: ContainerDep) -> Response:
-    return await _admin(
-        container, AccountKey(relay, account), lambda s, at: admin_reset(s, body.actor, body.reason, at)
-    )
+async def reset(
+    relay: RelayPath, account: AccountPath, body: AdminAction, container: ContainerDep, principal: PrincipalDep
+) -> Response:
+    actor = body.actor_for(principal)
+    return await _admin(container, AccountKey(relay, account), lambda s, at: admin_reset(s, actor, body.reason, at))
 
 
 @accounts_router.post("/{relay}/{account:path}/allowlist", summary="Never auto-lock the account (still scored)")
-async def allowlist(relay: RelayPath, account: AccountPath, body: AllowlistIn, container: ContainerDep) -> Response:
+async def allowlist(
+    relay: RelayPath, account: AccountPath, body: AllowlistIn, container: ContainerDep, principal: PrincipalDep
+) -> Response:
+    actor = body.actor_for(principal)
     return await _admin(
         container,
         AccountKey(relay, account),
-        lambda s, at: admin_allowlist(s, body.allowlisted, body.actor, body.reason, at),
+        lambda s, at: admin_allowlist(s, body.allowlisted, actor, body.reason, at),
     )
 
 

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from features.message import Attachment
-from service.api.common import ContainerDep, event_time, json_response
+from service.api.common import ContainerDep, OrjsonRoute, event_time, json_response
 from service.api.schemas import BatchIn, BatchOut, ErrorOut, MessageIn, ScoreOut
 from service.errors import NotReady, PayloadTooLarge
 from service.scoring import MessageInput, ScoreResult
@@ -28,7 +28,7 @@ ERRORS = {
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No such thing, or the feature is switched off"}}
 UNSUPPORTED_MEDIA_TYPE = {415: {"model": ErrorOut, "description": "The body's Content-Type is not the one asked for"}}
 
-scoring = APIRouter(prefix="/v1", tags=["scoring"], responses=ERRORS)
+scoring = APIRouter(prefix="/v1", tags=["scoring"], responses=ERRORS, route_class=OrjsonRoute)
 operations = APIRouter(tags=["operations"])
 
 

@@ -99,7 +99,7 @@ async def change_signatures(item: SignatureIn, container: ContainerDep) -> Respo
 
 @signatures_router.get("/signatures", summary="How full the signature database is")
 async def signature_stats(container: ContainerDep) -> Response:
-    return json_response(_service(container).stats(time.time()))
+    return json_response(await _service(container).stats(time.time()))
 
 
 @signatures_router.get("/campaigns", summary="Campaigns active now: one content leaving many accounts")
@@ -118,6 +118,6 @@ async def active_campaigns(
             "mean_spam_probability": round(c.mean_probability, 4),
             "messages_scored": c.probability_count,
         }
-        for c in service.campaigns.active(now)
+        for c in await service.active_campaigns(now)
     ]
     return json_response({"campaigns": campaigns})

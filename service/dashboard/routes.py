@@ -1,11 +1,16 @@
 """The web dashboard at `/dashboard`: server-rendered pages, inline SVG charts, local assets only.
 
 Pages: the overview (traffic, spam, actions and locks over time, the riskiest
-accounts), an account (its volume against its usual, its scores, feedback, lock
-history, lock and unlock buttons), its incident report, and the model in use with its
-card. With tokens configured, an admin token is asked for once and kept in an
-HttpOnly, SameSite=Strict cookie (`service.api.auth` checks it); forms that change
-anything are also refused unless they come from the dashboard's own origin.
+accounts, the campaigns), an account (its volume against its usual, its scores,
+feedback, lock history, its actions), its incident report, and the model in use with
+its card; the console's pages are in `service.dashboard.console`. With tokens
+configured, an admin token is asked for once and kept in an HttpOnly, SameSite=Strict
+cookie (`service.api.auth` checks it); anything that changes state is also refused
+unless it comes from the dashboard's own origin.
+
+Outside `/dashboard`, `/incident/{token}` opens one account's incident report for a
+signed, expiring link from a notice, a digest or a webhook (`service.reports.links`):
+no login, that report only, read-only.
 """
 
 from __future__ import annotations
@@ -13,38 +18,34 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from service.api.accounts import change_account, incident_report
+from service.api.accounts import incident_report
 from service.api.auth import SESSION_COOKIE, TokenAuth
 from service.api.common import ContainerDep
-from service.container import Container
 from service.dashboard.charts import bar_chart, line_chart, score_chart
+from service.dashboard.console import account_action, console_router
 from service.dashboard.data import account_timeline, overview, period_ending_at_newest
+from service.dashboard.render import STATIC, account_url, page, same_origin
 from service.decision import account_risk
-from service.errors import Forbidden
-from service.lifecycle import admin_lock, admin_unlock
 from service.reports.incident import render as render_incident
+from service.reports.links import BadLink
 from service.reports.outbound import GroupBy, OutboundQuery, outbound_rows
 from service.stores import AccountKey
 
-TEMPLATES = Path(__file__).parent / "templates"
-STATIC = Path(__file__).parent / "static"
+__all__ = ["STATIC", "account_url", "dashboard_router"]
+
 RISKIEST = 15
 
-dashboard_router = APIRouter(prefix="/dashboard", include_in_schema=False)
-_environment = Environment(
-    loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True
-)
+pages = APIRouter(prefix="/dashboard")
+links = APIRouter()
+_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
 def _days(value: float) -> float:
@@ -52,45 +53,19 @@ def _days(value: float) -> float:
     return min(max(value, 1 / 24), 90.0) if math.isfinite(value) else 7.0
 
 
-def account_url(relay: str, account: str) -> str:
-    return f"/dashboard/accounts/{quote(relay, safe='')}/{quote(account, safe='')}"
-
-
-_environment.globals["account_url"] = account_url
-_environment.filters["when"] = lambda ts: datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
-
-
-def _page(name: str, request: Request, **context: Any) -> HTMLResponse:
-    container: Container = request.app.state.container
-    html = _environment.get_template(name).render(
-        request=request, auth=container.settings.auth_enabled, model=container.model.current.version, **context
-    )
-    return HTMLResponse(html)
-
-
-def _same_origin(request: Request) -> None:
-    """Forms that change state must come from this dashboard (a second line behind the SameSite cookie)."""
-    site = request.headers.get("sec-fetch-site")
-    origin = request.headers.get("origin")
-    host = request.headers.get("host", "")
-    if site not in (None, "same-origin", "none") or (origin is not None and origin.split("://", 1)[-1] != host):
-        raise Forbidden("the dashboard accepts changes only from its own pages")
-
-
-@dashboard_router.get("/login")
+@pages.get("/login")
 async def login_form(request: Request, next: str = "/dashboard", error: str | None = None) -> HTMLResponse:
-    return _page("login.html.j2", request, next=next if next.startswith("/dashboard") else "/dashboard", error=error)
+    return page("login.html.j2", request, next=next if next.startswith("/dashboard") else "/dashboard", error=error)
 
 
-@dashboard_router.post("/login")
+@pages.post("/login")
 async def login(
     request: Request,
     container: ContainerDep,
     token: Annotated[str, Form()],
     next: Annotated[str, Form()] = "/dashboard",
 ) -> Response:
-    _same_origin(request)
+    same_origin(request)
     target = next if next.startswith("/dashboard") else "/dashboard"
     if not TokenAuth(container.settings).is_admin(token):
         return RedirectResponse(f"/dashboard/login?error=1&next={quote(target)}", status_code=303)
@@ -107,16 +82,16 @@ async def login(
     return response
 
 
-@dashboard_router.post("/logout")
+@pages.post("/logout")
 async def logout(request: Request) -> Response:
-    _same_origin(request)
+    same_origin(request)
     response = RedirectResponse("/dashboard/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/dashboard")
     return response
 
 
-@dashboard_router.get("")
-async def overview_page(request: Request, container: ContainerDep, days: float = 7.0) -> HTMLResponse:
+@pages.get("")
+async def overviewpage(request: Request, container: ContainerDep, days: float = 7.0) -> HTMLResponse:
     days = _days(days)
     hold = container.settings.hold_threshold
     await container.events.flush()
@@ -131,6 +106,7 @@ async def overview_page(request: Request, container: ContainerDep, days: float =
     for row in riskiest:
         state = await container.accounts.get(AccountKey(row["relay"], row["account"]))
         row["status"] = state.status.value
+        row["allowlisted"] = state.allowlisted
         row["risk"] = round(account_risk(state.evidence, container.settings.lock_threshold), 2)
     riskiest.sort(key=lambda r: (-r["risk"], -r["spam_messages"]))
     charts = [
@@ -138,7 +114,7 @@ async def overview_page(request: Request, container: ContainerDep, days: float =
         bar_chart("Actions", series["labels"], series["actions"]),
         bar_chart("Account locks", series["labels"], {"locks": series["locks"]}),
     ]
-    # Campaigns live in memory: those active at the newest message (a replayed log has its own clock).
+    # Campaigns live in the hot state: those active at the newest message (a replayed log has its own clock).
     campaigns = (
         [
             {
@@ -147,12 +123,12 @@ async def overview_page(request: Request, container: ContainerDep, days: float =
                 "mean_spam_probability": round(c.mean_probability, 3),
                 "messages": c.probability_count,
             }
-            for c in container.fingerprints.campaigns.active(period.end)
+            for c in await container.fingerprints.active_campaigns(period.end)
         ]
         if container.fingerprints is not None
         else []
     )
-    return _page(
+    return page(
         "overview.html.j2",
         request,
         days=days,
@@ -164,14 +140,14 @@ async def overview_page(request: Request, container: ContainerDep, days: float =
     )
 
 
-@dashboard_router.get("/accounts/{relay}/{account:path}/incident")
-async def incident_page(relay: str, account: str, container: ContainerDep) -> HTMLResponse:
+@pages.get("/accounts/{relay}/{account:path}/incident")
+async def incidentpage(relay: str, account: str, container: ContainerDep) -> HTMLResponse:
     report = await incident_report(container, AccountKey(relay, account))
     return HTMLResponse(render_incident(report, "html"))
 
 
-@dashboard_router.get("/accounts/{relay}/{account:path}")
-async def account_page(
+@pages.get("/accounts/{relay}/{account:path}")
+async def accountpage(
     request: Request, relay: str, account: str, container: ContainerDep, days: float = 7.0
 ) -> HTMLResponse:
     key = AccountKey(relay, account)
@@ -199,7 +175,7 @@ async def account_page(
             container.settings.hold_threshold,
         ),
     ]
-    return _page(
+    return page(
         "account.html.j2",
         request,
         key=key,
@@ -212,31 +188,48 @@ async def account_page(
     )
 
 
-@dashboard_router.post("/accounts/{relay}/{account:path}/{action}")
-async def account_action(
+@pages.post("/accounts/{relay}/{account:path}/{action}")
+async def account_action_form(
     request: Request,
     relay: str,
     account: str,
     action: str,
     container: ContainerDep,
     reason: Annotated[str, Form(max_length=2_000)] = "",
-    actor: Annotated[str, Form(max_length=256)] = "dashboard",
+    actor: Annotated[str, Form(max_length=256)] = "",
+    force: Annotated[str, Form(max_length=8)] = "",
+    next: Annotated[str | None, Form(max_length=4_000)] = None,
 ) -> Response:
-    _same_origin(request)
+    """Lock, unlock, allowlist, reset or label the account; an account never seen is locked only with `force`.
+
+    Without an `actor`, the API records the logged-in token's name as the actor."""
     key = AccountKey(relay, account)
-    why = reason.strip() or f"{action} from the dashboard"
-    if action == "lock":
-        await change_account(container, key, lambda s, at: admin_lock(s, actor, why, at, None))
-    elif action == "unlock":
-        await change_account(container, key, lambda s, at: admin_unlock(s, actor, why, at))
-    else:
-        raise Forbidden(f"the dashboard cannot {action!r} an account")
-    return RedirectResponse(f"{account_url(relay, account)}?done={action}ed", status_code=303)
+    return await account_action(request, container, key, action, reason, actor, force == "1", next)
 
 
-@dashboard_router.get("/model")
-async def model_page(request: Request, container: ContainerDep) -> HTMLResponse:
+@pages.get("/model")
+async def modelpage(request: Request, container: ContainerDep) -> HTMLResponse:
     card_path = container.model.primary.directory / "MODEL_CARD.md"
     text = await asyncio.to_thread(card_path.read_text) if card_path.is_file() else None
     card = _markdown.render(text) if text else None
-    return _page("model.html.j2", request, described=container.model.describe(), card=Markup(card) if card else None)
+    return page("model.html.j2", request, described=container.model.describe(), card=Markup(card) if card else None)
+
+
+@links.get("/incident/{token}")
+async def shared_incident(
+    request: Request, container: ContainerDep, token: Annotated[str, Path(max_length=4_000)]
+) -> HTMLResponse:
+    """One account's incident report for a signed link (read-only, that report only, until the link expires)."""
+    try:
+        key, _ = container.links.verify(token)
+    except BadLink as error:
+        return page("link.html.j2", request, status_code=403, error=str(error))
+    report = await incident_report(container, key)
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"}
+    return HTMLResponse(render_incident(report, "html"), headers=headers)
+
+
+dashboard_router = APIRouter(include_in_schema=False)
+dashboard_router.include_router(console_router)
+dashboard_router.include_router(pages)
+dashboard_router.include_router(links)

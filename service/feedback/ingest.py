@@ -17,7 +17,7 @@ from features.fingerprint import Fingerprint
 from service.fingerprints.service import FingerprintService
 from service.fingerprints.signatures import SignatureAdd
 from service.metrics import Metrics
-from service.notify import Cooldown, Notifier
+from service.notify import Cooldown, Cooldowns, Notifier
 from service.stores import (
     AccountKey,
     EngagementStore,
@@ -71,10 +71,11 @@ class FeedbackIngestor:
         metrics: Metrics,
         notifier: Notifier,
         fingerprints: FingerprintService | None = None,
+        cooldowns: Cooldowns | None = None,
     ) -> None:
         self.fingerprints = fingerprints
         self.notifier = notifier
-        self.cooldown = Cooldown(3_600)
+        self.cooldown = cooldowns if cooldowns is not None else Cooldown()
         self.scored = scored
         self.index = index
         self.feedback = feedback
@@ -115,7 +116,7 @@ class FeedbackIngestor:
         for outcome, event_type, least, least_rate, rate_name in ALERTS:
             seen = snapshot.outcomes.get(outcome, 0.0)
             crossed = outcome in counts and seen >= least and rates[rate_name] >= least_rate
-            if crossed and self.cooldown.ready(key, event_type, at):
+            if crossed and await self.cooldown.ready(key, event_type, at):
                 payload = {
                     "reason_codes": [outcome],
                     "evidence": {

@@ -11,12 +11,18 @@ hijacked mailboxes in half an hour is.
 
 Bounded: at most `capacity` clusters (oldest evicted) and `max_accounts_per_cluster`
 accounts per cluster (least recently seen evicted).
+
+This tracker counts in the process (the embedded default). With Redis, every replica
+counts in one set of clusters instead: `service.fingerprints.redis_content` does the
+same in a Lua script, so one content sent through several replicas is one campaign.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from features.fingerprint import Fingerprint
 from service.fingerprints.index import LshIndex, Probe
@@ -71,6 +77,7 @@ class CampaignTracker:
         self.index = LshIndex(policy.capacity)
         self._clusters: dict[int, Cluster] = {}  # by index slot
         self._ids: dict[int, Cluster] = {}  # by cluster id
+        self._slot_ids = np.zeros(policy.capacity, dtype=np.int64)  # cluster id by slot: ties go to the oldest
         self._next_id = 1
 
     def __len__(self) -> int:
@@ -118,11 +125,11 @@ class CampaignTracker:
                 established += 1
         return recent, new, established
 
-    def record_probability(self, cluster_id: int, probability: float) -> float:
-        """Add a scored copy's spam probability; returns the cluster's mean so far."""
+    def record_probability(self, cluster_id: int, probability: float) -> float | None:
+        """Add a scored copy's spam probability; returns the cluster's mean so far (None: evicted meanwhile)."""
         cluster = self._ids.get(cluster_id)
         if cluster is None:
-            return probability
+            return None
         cluster.probability_sum += probability
         cluster.probability_count += 1
         return cluster.mean_probability
@@ -134,7 +141,7 @@ class CampaignTracker:
         return [c for c in self._clusters.values() if c.active_until > now]
 
     def _cluster_for(self, fingerprint: Fingerprint | Probe, at: float) -> Cluster:
-        found = self.index.nearest(fingerprint, self.policy.min_similarity)
+        found = self.index.nearest(fingerprint, self.policy.min_similarity, self._slot_ids)
         if found is not None:
             return self._clusters[found.slot]
         slot, evicted = self.index.add(fingerprint)
@@ -143,6 +150,7 @@ class CampaignTracker:
             if old is not None:
                 self._ids.pop(old.cluster_id, None)
         cluster = Cluster(cluster_id=self._next_id, first_seen=at)
+        self._slot_ids[slot] = cluster.cluster_id
         self._next_id += 1
         self._clusters[slot] = cluster
         self._ids[cluster.cluster_id] = cluster

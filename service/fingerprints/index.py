@@ -8,9 +8,12 @@ bench` measures it at a million.
 
 The lookup table is a sorted array searched with `np.searchsorted`, plus a small dict
 of recent inserts merged in batches. Slots are reused oldest first when the index is
-full, and a band key left behind by an evicted entry is harmless: every candidate is
-checked by its similarity before it is returned. When stale keys outnumber live
-ones the table is rebuilt from the live entries.
+full, and a band key left behind by an evicted entry is harmless: a candidate counts
+only if its own band keys share one with the probe, and then by its similarity. So
+what a lookup finds depends on the entries held, not on the slots they took: replicas
+that loaded the same entries in another order find the same ones (ties between equally
+similar entries go to the lowest id the caller ranks them by). When stale keys
+outnumber live ones the table is rebuilt from the live entries.
 """
 
 from __future__ import annotations
@@ -128,8 +131,14 @@ class LshIndex:
             self.size -= 1
             self._free.append(slot)
 
-    def nearest(self, fingerprint: Fingerprint | Probe, min_similarity: float) -> Match | None:
-        """The most similar live entry at or above `min_similarity`, if any."""
+    def nearest(
+        self, fingerprint: Fingerprint | Probe, min_similarity: float, rank: np.ndarray | None = None
+    ) -> Match | None:
+        """The most similar live entry at or above `min_similarity`, if any.
+
+        Of equally similar entries, the one of lowest `rank[slot]` (the callers' ids, so
+        the oldest: the same choice whichever slots a process gave them), else of lowest slot.
+        """
         probe = Probe.of(fingerprint)
         candidates = self.candidates(probe)
         if len(candidates) == 0:
@@ -138,6 +147,10 @@ class LshIndex:
         best = int(np.argmax(similarity))
         if similarity[best] < min_similarity:
             return None
+        if rank is not None:
+            tied = candidates[similarity == similarity[best]]
+            if len(tied) > 1:
+                return Match(int(tied[np.argmin(rank[tied])]), float(similarity[best]))
         return Match(int(candidates[best]), float(similarity[best]))
 
     def similarities(self, slots: np.ndarray, fingerprint: Fingerprint | Probe) -> np.ndarray:
@@ -157,7 +170,10 @@ class LshIndex:
         if not found:
             return np.empty(0, dtype=np.int32)
         slots = np.unique(np.concatenate(found))
-        return slots[self.live[slots]]
+        slots = slots[self.live[slots]]
+        # A key left behind by a slot's earlier entry finds its new one only if it shares a key too: what
+        # is found depends on the entries held, not on which slots they took (so replicas agree).
+        return slots[(_band_keys(self.values[slots]) == keys[np.newaxis, :]).any(axis=1)]
 
     def _allocate(self) -> tuple[int, int | None]:
         while self._free:

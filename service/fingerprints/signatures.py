@@ -4,7 +4,8 @@ Like Rspamd's fuzzy storage: adding content that is already there (a near-identi
 copy) refreshes the existing entry and counts a report instead of storing another;
 removing deletes every entry the content matches. Entries expire after `ttl_seconds`
 and the oldest are evicted past `capacity`. What is acknowledged is written to the
-SQLite `signatures` table first and loaded back at start.
+database's `signatures` table first and loaded back at start; what other replicas
+wrote since is applied by `apply_changes` (`service.fingerprints.sync`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ SOURCES = ("admin", "complaint", "verdict", "lock", "corpus", "bench", "malware"
 
 # Two entries this alike are the same content: an add refreshes instead of storing another.
 SAME_CONTENT = 0.9
+# More new signatures than this at once are loaded with one rebuild of the lookup table.
+_BULK_LOAD = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,7 @@ class SignatureDb:
 
     def match(self, fingerprint: Fingerprint | Probe, now: float) -> SignatureMatch | None:
         """The best live match at or above the similarity threshold; counts a hit on it."""
-        found = self.index.nearest(fingerprint, self.min_similarity)
+        found = self.index.nearest(fingerprint, self.min_similarity, self.ids)
         if found is None:
             return None
         slot = found.slot
@@ -89,6 +92,13 @@ class SignatureDb:
             hits=int(self.hits[slot]) - 1,  # matches before this one
             source=SOURCES[self.source_codes[slot]],
         )
+
+    def peek(self, fingerprint: Fingerprint | Probe, now: float) -> int | None:
+        """The signature `match` would find now, without counting a hit (None: none, or it has expired)."""
+        found = self.index.nearest(fingerprint, self.min_similarity, self.ids)
+        if found is None or self.expires_at[found.slot] <= now:
+            return None
+        return int(self.ids[found.slot])
 
     def same_content(self, fingerprint: Fingerprint) -> int | None:
         """The id of an entry holding this content already, if any."""
@@ -118,9 +128,15 @@ class SignatureDb:
             self._place(slot, evicted, signature)
 
     def _slot_of(self, signature_id: int) -> int | None:
-        """The live slot holding this signature (a scan: only admin and feedback changes ask)."""
+        """The live slot holding this signature (a scan: only admin, feedback and other replicas' changes ask)."""
         found = np.flatnonzero((self.ids == signature_id) & self.index.live)
         return int(found[0]) if len(found) else None
+
+    def _live_slots(self, signature_ids: list[int]) -> dict[int, int]:
+        """The live slots of those of these signatures that are live: one pass, for many at once."""
+        live = np.flatnonzero(self.index.live)
+        held = np.isin(self.ids[live], np.asarray(signature_ids, dtype=np.int64))
+        return {int(self.ids[slot]): int(slot) for slot in live[held]}
 
     def is_live(self, signature_id: int) -> bool:
         return self._slot_of(signature_id) is not None
@@ -152,6 +168,32 @@ class SignatureDb:
         for slot in stale.tolist():
             self._drop(slot)
         return len(stale)
+
+    def apply_changes(self, changed: list[tuple[StoredSignature, bool]]) -> int:
+        """Bring these signatures to their stored state (another replica added, refreshed or removed them).
+
+        Idempotent: a change applied twice, or one this process made itself, changes
+        nothing more. `changed` holds (signature as stored now, whether it was removed);
+        the number of signatures loaded comes back.
+        """
+        latest = {signature.signature_id: (signature, removed) for signature, removed in changed}
+        slots = self._live_slots(list(latest))
+        new = []
+        for signature_id, (signature, removed) in latest.items():
+            slot = slots.get(signature_id)
+            if slot is None:
+                if not removed:
+                    new.append(signature)
+            elif removed:
+                self._drop(slot)
+            else:
+                self.expires_at[slot] = max(self.expires_at[slot], signature.expires_at)
+        if len(new) > _BULK_LOAD:
+            self.load_many(new)
+        else:
+            for signature in new:
+                self.load(signature)
+        return len(new)
 
     def _drop(self, slot: int) -> None:
         self.index.remove(slot)

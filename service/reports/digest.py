@@ -3,12 +3,17 @@
 Built from the event log alone (read-only), so `outguard report` runs beside a live
 service or on a copy of its database. Sent over SMTP when `OUTGUARD_SMTP_HOST` is set
 (STARTTLS and login when configured); otherwise written as `digest-*.txt` and `.html`.
+
+Each account in it links to its incident report behind a signed, expiring, read-only
+link (no login: `service.reports.links`) and to its dashboard page, so the links open
+in a browser; the service must share the key (`OUTGUARD_LINK_KEY` or the state folder).
 """
 
 from __future__ import annotations
 
 import smtplib
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -19,7 +24,9 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Connection, text
 
+from service.reports.links import ReportLinks
 from service.reports.outbound import GroupBy, OutboundQuery, outbound_rows
+from service.stores import AccountKey
 
 TEMPLATES = Path(__file__).parent / "templates"
 TOP = 20
@@ -83,8 +90,19 @@ def build_digest(connection: Connection, since: float, until: float, hold_thresh
     }
 
 
-def render_digest(digest: dict[str, Any]) -> tuple[str, str, str]:
-    """(subject, text, html)."""
+def with_links(digest: dict[str, Any], links: ReportLinks) -> dict[str, Any]:
+    """The digest with each account's report link (signed, expiring) and dashboard link."""
+    for row in digest["locks"] + digest["suspicious"]:
+        key = AccountKey(row["relay"], row["account"])
+        row["incident_url"], row["dashboard_url"] = links.incident(key), links.dashboard(key)
+    digest["links_expire"] = _when(time.time() + links.ttl_s)
+    return digest
+
+
+def render_digest(digest: dict[str, Any], links: ReportLinks | None = None) -> tuple[str, str, str]:
+    """(subject, text, html); with `links`, every account links to its report and its dashboard page."""
+    if links is not None:
+        digest = with_links(digest, links)
     subject = (
         f"outguard: {len(digest['locks'])} lock(s), {len(digest['suspicious'])} suspicious account(s), "
         f"{digest['since']} to {digest['until']}"

@@ -2,6 +2,10 @@
 
 Bounded: at most `max_accounts` accounts (least recently seen evicted), and per
 account a capped number of remembered domains and client IPs.
+
+Each store can note which accounts changed since it was last asked (`track_changes`),
+so that `service.stores.checkpoint` writes only those to disk; a restart then restores
+the windows, engagement and evidence instead of starting every account afresh.
 """
 
 from __future__ import annotations
@@ -133,6 +137,7 @@ class _Lru(Generic[V]):
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.items: OrderedDict[AccountKey, V] = OrderedDict()
+        self.changed: set[AccountKey] | None = None  # accounts changed or evicted, while tracked
 
     def get(self, key: AccountKey) -> V | None:
         value = self.items.get(key)
@@ -143,11 +148,47 @@ class _Lru(Generic[V]):
     def put(self, key: AccountKey, value: V) -> None:
         self.items[key] = value
         self.items.move_to_end(key)
+        self.touch(key)
         while len(self.items) > self.cap:
-            self.items.popitem(last=False)
+            evicted, _ = self.items.popitem(last=False)
+            self.touch(evicted)
+
+    def touch(self, key: AccountKey) -> None:
+        if self.changed is not None:
+            self.changed.add(key)
+
+    def take_changed(self) -> set[AccountKey]:
+        """The accounts changed (or evicted) since the last call, from now on tracked."""
+        changed, self.changed = self.changed or set(), set()
+        return changed
 
 
-class MemoryBehaviourStore:
+class _Tracked(Generic[V]):
+    """What the checkpoint asks of a store: its accounts, and which of them changed."""
+
+    _accounts: _Lru[V]
+
+    def track_changes(self) -> set[AccountKey]:
+        """The accounts changed or evicted since the last call; changes are noted from the first call on."""
+        return self._accounts.take_changed()
+
+    def peek(self, key: AccountKey) -> V | None:
+        """The account's entry as held (no copy, no change to its recency)."""
+        return self._accounts.items.get(key)
+
+    def keys(self) -> list[AccountKey]:
+        """Every account held, least recently used first."""
+        return list(self._accounts.items)
+
+    def load(self, key: AccountKey, value: V) -> None:
+        """Put a restored entry, as the most recently used (restore in least-recent-first order)."""
+        self._accounts.items[key] = value
+        self._accounts.items.move_to_end(key)
+        while len(self._accounts.items) > self._accounts.cap:
+            self._accounts.items.popitem(last=False)
+
+
+class MemoryBehaviourStore(_Tracked[AccountWindows]):
     def __init__(self, max_accounts: int) -> None:
         self._accounts: _Lru[AccountWindows] = _Lru(max_accounts)
 
@@ -156,10 +197,12 @@ class MemoryBehaviourStore:
         if windows is None:
             windows = AccountWindows()
             self._accounts.put(key, windows)
+        else:
+            self._accounts.touch(key)
         return windows.observe(observation)
 
 
-class MemoryAccountStateStore:
+class MemoryAccountStateStore(_Tracked[AccountState]):
     def __init__(self, max_accounts: int) -> None:
         self._accounts: _Lru[AccountState] = _Lru(max_accounts)
 
@@ -182,7 +225,7 @@ class MemoryAccountStateStore:
         self._accounts.put(key, replace(state))
 
 
-class MemoryEngagementStore:
+class MemoryEngagementStore(_Tracked[DecayedCounts]):
     def __init__(self, max_accounts: int) -> None:
         self._accounts: _Lru[DecayedCounts] = _Lru(max_accounts)
 
@@ -191,6 +234,8 @@ class MemoryEngagementStore:
         if decayed is None:
             decayed = DecayedCounts()
             self._accounts.put(key, decayed)
+        else:
+            self._accounts.touch(key)
         for name, amount in counts.items():
             decayed.add(name, amount, timestamp)
 

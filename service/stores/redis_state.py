@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, WatchError
 
 from features.behaviour import BASELINE_TAU_S, MIN_BASELINE_HISTORY_S, BehaviourSnapshot, Observation
@@ -231,6 +232,15 @@ class RedisBehaviourStore:
         return [f"{base}:{name}" for name in ("1m", "1h", "24h", "base", "rd:t", "rd:s", "ip:t", "ip:s", "kd")]
 
     async def observe(self, key: AccountKey, observation: Observation) -> BehaviourSnapshot:
+        keys, args = self.command(key, observation)
+        return self.snapshot(await self._script(keys=keys, args=args), observation)
+
+    @property
+    def script(self) -> AsyncScript:
+        return self._script
+
+    def command(self, key: AccountKey, observation: Observation) -> tuple[list[str], list[Any]]:
+        """The script's keys and arguments for one message (`observe`, or a pipeline that runs it with more)."""
         ts = observation.timestamp
         # Iterated in the same order as AccountWindows.observe iterates its set, so
         # that ties at the caps evict the same domains.
@@ -240,7 +250,11 @@ class RedisBehaviourStore:
         args += [buckets for _, buckets in _WINDOWS]
         args += [observation.client_ip or "", self._max_recent_values, self._max_known_domains]
         args += [repr(BASELINE_TAU_S), MIN_BASELINE_HISTORY_S, self._ttl_ms, *domains]
-        reply = await self._script(keys=self.keys(key), args=args)
+        return self.keys(key), args
+
+    def snapshot(self, reply: list[Any], observation: Observation) -> BehaviourSnapshot:
+        """The script's reply as the windows' snapshot."""
+        domains = set(observation.recipient_domains)
         m1, mh, md, r1, rh, rd, baseline, history, rd_1h, ip_1h, ip_24h, new_domains = reply
         return BehaviourSnapshot(
             msgs_1m=int(m1),

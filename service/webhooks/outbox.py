@@ -20,18 +20,23 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 import orjson
 from sqlalchemy import Connection, text
 
+from service.notify import NOTICE_CHANNEL
 from service.settings import Settings
 from service.stores import AccountKey
 from service.stores.database import Database, mappings
 from service.webhooks.signing import HEADER, sign
 from service.webhooks.targets import RefusedTarget, check_target
+
+if TYPE_CHECKING:
+    from service.reports.links import ReportLinks
+    from service.reports.notice import LockNotices
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +214,10 @@ def _active(connection: Connection) -> dict[int, Subscription]:
 class WebhookNotifier:
     """Implements `service.notify.Notifier`: announcements become outbox rows."""
 
-    def __init__(self, store: WebhookStore, settings: Settings) -> None:
+    def __init__(self, store: WebhookStore, settings: Settings, links: ReportLinks | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.links = links
         self.wake = asyncio.Event()
 
     async def announce(self, event_type: str, key: AccountKey, payload: dict[str, Any]) -> None:
@@ -229,6 +235,12 @@ class WebhookNotifier:
                 **payload,
                 "incident_report": f"{self.settings.public_url}/v1/accounts/{quote(key.relay, safe='')}/"
                 f"{quote(key.account, safe='')}/incident",
+                # For a person: the report behind a signed, expiring link (no login), and the dashboard page.
+                **(
+                    {"incident_url": self.links.incident(key), "dashboard_url": self.links.dashboard(key)}
+                    if self.links is not None
+                    else {}
+                ),
             },
             default=str,
         )
@@ -237,10 +249,15 @@ class WebhookNotifier:
 
 
 class Dispatcher:
-    def __init__(self, store: WebhookStore, notifier: WebhookNotifier, settings: Settings) -> None:
+    """Sends due outbox rows: webhooks over HTTP, and lock notices (`NOTICE_CHANNEL`) by mail through `notices`."""
+
+    def __init__(
+        self, store: WebhookStore, notifier: WebhookNotifier, settings: Settings, notices: LockNotices | None = None
+    ) -> None:
         self.store = store
         self.notifier = notifier
         self.settings = settings
+        self.notices = notices
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
 
@@ -272,14 +289,28 @@ class Dispatcher:
         due = await self.store.claim(time.time())
         if not due:
             return 0
+        notices = [row for row in due if row["webhook_id"] == NOTICE_CHANNEL]
         gate = asyncio.Semaphore(CONCURRENCY)
 
         async def one(row: dict[str, Any]) -> None:
             async with gate:
                 await self._deliver(row)
 
-        await asyncio.gather(*(one(row) for row in due))
+        await asyncio.gather(
+            *(one(row) for row in due if row["webhook_id"] != NOTICE_CHANNEL), self._send_notices(notices)
+        )
         return len(due)
+
+    async def _send_notices(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        if self.notices is None:
+            for row in rows:
+                await self.store.record_attempt(row, FAILED, time.time(), None, "lock notices are not configured", 0.0)
+            return
+        for sent in await self.notices.send(rows):
+            for row in sent.rows:
+                await self._settle(row, None, sent.error, sent.ms)
 
     def backoff(self, attempts: int) -> float:
         delay = min(self.settings.webhook_backoff_max_s, self.settings.webhook_backoff_s * 2**attempts)
@@ -315,7 +346,13 @@ class Dispatcher:
         if code is not None and 200 <= code < 300:
             await self.store.record_attempt(row, DELIVERED, time.time(), code, None, ms)
             return
-        error = error or f"HTTP {code}"
+        await self._settle(row, code, error or f"HTTP {code}", ms)
+
+    async def _settle(self, row: dict[str, Any], code: int | None, error: str | None, ms: float) -> None:
+        """Delivered (no error), or retried later with backoff until the last attempt fails it."""
+        if error is None:
+            await self.store.record_attempt(row, DELIVERED, time.time(), code, None, ms)
+            return
         attempts = row["attempts"] + 1
         if attempts >= self.settings.webhook_max_attempts:
             await self.store.record_attempt(row, FAILED, time.time(), code, error, ms)

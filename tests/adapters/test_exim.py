@@ -299,7 +299,8 @@ def reply_text(raw: bytes) -> str:
 
 def lock(client: TestClient, account: str, reason: str) -> None:
     response = client.post(
-        f"/v1/accounts/default/{quote(account, safe='')}/lock", json={"actor": "ops@example.net", "reason": reason}
+        f"/v1/accounts/default/{quote(account, safe='')}/lock",
+        json={"actor": "ops@example.net", "reason": reason, "force": True},
     )
     assert response.status_code == 200, response.text
 

@@ -102,7 +102,9 @@ def test_an_mta_that_cannot_quarantine_gets_a_tempfail_for_hold(served: tuple[Te
 
 def test_a_locked_account_is_refused_at_mail_from_before_any_content(served: tuple[TestClient, int]) -> None:
     client, port = served
-    response = client.post("/v1/accounts/default/heidi%40example.net/lock", json={"actor": "ops", "reason": "phished"})
+    response = client.post(
+        "/v1/accounts/default/heidi%40example.net/lock", json={"actor": "ops", "reason": "phished", "force": True}
+    )
     assert response.status_code == 200
     before = metric(client, 'outguard_adapter_requests_total{protocol="milter",stage="eom"}')
     stage, answer = drive(port, session(make_raw(), user="heidi@example.net"))

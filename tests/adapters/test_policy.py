@@ -86,7 +86,7 @@ def score(client: TestClient, **fields: object) -> dict:
 
 def lock(client: TestClient, account: str, relay: str = "default") -> None:
     path = f"/v1/accounts/{relay}/{quote(account, safe='')}/lock"
-    response = client.post(path, json={"actor": "ops@example.net", "reason": "password phished"})
+    response = client.post(path, json={"actor": "ops@example.net", "reason": "password phished", "force": True})
     assert response.status_code == 200, response.text
 
 

@@ -95,7 +95,7 @@ class Outguard:
 
     def lock(self, account: str, reason: str, relay: str = "default") -> None:
         url = f"/v1/accounts/{relay}/{quote(account, safe='')}/lock"
-        response = self.client.post(url, json={"actor": "ops@example.net", "reason": reason})
+        response = self.client.post(url, json={"actor": "ops@example.net", "reason": reason, "force": True})
         assert response.status_code == 200, response.text
 
     def scored(self, message_id: str) -> dict[str, object] | None:

@@ -27,7 +27,8 @@ def score(client: TestClient, **fields: object) -> dict:
 
 def lock(client: TestClient, account: str, reason: str, relay: str = "default") -> None:
     response = client.post(
-        f"/v1/accounts/{relay}/{quote(account, safe='')}/lock", json={"actor": "ops@example.net", "reason": reason}
+        f"/v1/accounts/{relay}/{quote(account, safe='')}/lock",
+        json={"actor": "ops@example.net", "reason": reason, "force": True},
     )
     assert response.status_code == 200, response.text
 

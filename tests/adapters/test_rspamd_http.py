@@ -75,7 +75,7 @@ def check(url: str, raw: bytes | str, token: str | None = SCORE, **headers: str)
 def lock(url: str, account: str, relay: str = "default") -> None:
     response = httpx.post(
         f"{url}/v1/accounts/{relay}/{quote(account, safe='')}/lock",
-        json={"actor": "ops@example.net", "reason": "password phished"},
+        json={"actor": "ops@example.net", "reason": "password phished", "force": True},
         headers={"Authorization": f"Bearer {OPS}"},
     )
     assert response.status_code == 200, response.text

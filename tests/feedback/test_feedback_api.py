@@ -208,7 +208,9 @@ def test_complaints_and_verdicts_become_training_labels(client: TestClient) -> N
     assert labels["<l3@x>"]["label"] is None
     assert labels["<l3@x>"]["account_verdict"] == "compromised"
     assert not labels["<l3@x>"]["lock_confirmed"]
-    client.post("/v1/accounts/default/lou/lock", json={"actor": "ops", "reason": "confirmed: password leaked"})
+    client.post(
+        "/v1/accounts/default/lou/lock", json={"actor": "ops", "reason": "confirmed: password leaked", "force": True}
+    )
     relabelled = {r["message_id"]: r for r in training_labels(client.app.state.container.database)}
     assert relabelled["<l3@x>"]["lock_confirmed"]
     assert len(labels["<l1@x>"]["features"]) == len(FEATURE_INDEX)

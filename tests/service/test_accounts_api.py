@@ -15,6 +15,7 @@ from tests.service.test_score_api import SPAM, SPRAYED
 pytestmark = pytest.mark.backends
 
 ADMIN = {"actor": "ops@host.example", "reason": "ticket 4711"}
+LOCK = {**ADMIN, "force": True}  # the accounts these tests lock were never seen before
 
 
 def url(account: str, relay: str = "default") -> str:
@@ -43,7 +44,7 @@ def test_a_spam_run_is_locked_automatically_with_its_reason_in_the_audit_log(cli
 
 def test_the_admin_locks_and_unlocks_an_account_named_with_slashes_and_parentheses(client: TestClient) -> None:
     name = "33:wp-content/plugins/hello(1)/mail.php"
-    locked = client.post(url(name) + "/lock", json=ADMIN)
+    locked = client.post(url(name) + "/lock", json=LOCK)
     assert locked.status_code == 200
     assert (locked.json()["account"], locked.json()["status"]) == (name, "locked")
     blocked = client.post("/v1/score", json={"message_id": "<p@x>", "account": name, "raw": make_raw()}).json()
@@ -66,27 +67,46 @@ def test_an_allowlisted_account_is_scored_but_never_locked(client: TestClient) -
 
 
 def test_locks_survive_a_restart(client: TestClient, settings) -> None:
-    client.post(url("kept") + "/lock", json=ADMIN)
+    client.post(url("kept") + "/lock", json=LOCK)
     with TestClient(create_app(settings)) as restarted:
         answer = restarted.post("/v1/score", json={"message_id": "<k@x>", "account": "kept", "text": "hi"}).json()
     assert answer["account_locked"]
 
 
 def test_the_audit_log_cannot_be_rewritten(client: TestClient, settings) -> None:
-    client.post(url("audited") + "/lock", json=ADMIN)
+    client.post(url("audited") + "/lock", json=LOCK)
     with pytest.raises(DBAPIError, match="append-only"):
         run_sql(settings.database_url, "DELETE FROM audit_log")
 
 
-@pytest.mark.parametrize(("body", "field"), [({"actor": "ops"}, "reason"), ({"reason": "x"}, "actor")])
-def test_admin_actions_need_an_actor_and_a_reason(client: TestClient, body: dict, field: str) -> None:
+@pytest.mark.parametrize(("body", "field"), [({"actor": "ops", "force": True}, "reason"), ({"reason": ""}, "reason")])
+def test_admin_actions_need_a_reason(client: TestClient, body: dict, field: str) -> None:
     response = client.post(url("x") + "/lock", json=body)
     assert response.status_code == 422
     assert field in {p["field"] for p in response.json()["detail"]}
 
 
+def test_without_an_actor_the_token_name_is_the_actor(client: TestClient) -> None:
+    view = client.post(url("x") + "/lock", json={"reason": "typo check", "force": True}).json()
+    [entry] = view["lock_history"]
+    assert (entry["actor"], entry["principal"]) == ("anonymous", "anonymous")  # auth off: the local user
+
+
+def test_locking_an_account_never_seen_needs_force(client: TestClient) -> None:
+    refused = client.post(url("alcie@example.net") + "/lock", json=ADMIN)
+    assert refused.status_code == 409
+    assert refused.json()["error"] == "account_never_seen"
+    assert "'alcie@example.net' has never been seen" in refused.json()["detail"]
+    assert "force" in refused.json()["detail"]
+    assert client.get(url("alcie@example.net")).json()["lock_history"] == []  # nothing recorded
+    score(client, "alice@example.net", 0, raw=make_raw())
+    assert client.post(url("alice@example.net") + "/lock", json=ADMIN).status_code == 200  # seen: no force needed
+    forced = client.post(url("new@example.net") + "/lock", json=LOCK)
+    assert (forced.status_code, forced.json()["status"]) == (200, "locked")
+
+
 def test_a_temporary_admin_lock(client: TestClient) -> None:
-    view = client.post(url("cool") + "/lock", json={**ADMIN, "duration_s": 600}).json()
+    view = client.post(url("cool") + "/lock", json={**LOCK, "duration_s": 600}).json()
     assert view["status"] == "locked_temporary"
     assert view["locked_until"] > 0
 

@@ -32,7 +32,7 @@ def test_fail_open_scores_on_content_and_still_enforces_locks(down_settings: Set
         ready = client.get("/readyz")
         assert ready.status_code == 503 and "shared_state" in ready.text
 
-        assert client.post("/v1/accounts/default/mallory/lock", json=ADMIN).status_code == 200
+        assert client.post("/v1/accounts/default/mallory/lock", json={**ADMIN, "force": True}).status_code == 200
         locked = client.post("/v1/score", json={"message_id": "<b@x>", "sasl_username": "mallory", "text": "hi"})
         assert locked.json()["account_locked"] is True  # from the ledger in PostgreSQL
 

@@ -108,10 +108,12 @@ def test_a_lone_surrogate_in_a_webhook_description_is_refused(client: TestClient
 
 
 def test_a_lock_too_long_to_end_is_refused_and_a_long_one_reports(client: TestClient) -> None:
-    forever = client.post("/v1/accounts/default/alice/lock", json=ADMIN | {"duration_s": 10**14})
+    forever = client.post("/v1/accounts/default/alice/lock", json=ADMIN | {"duration_s": 10**14, "force": True})
     assert forever.status_code == 422
     assert fields(forever) == {"duration_s"}
-    decade = client.post("/v1/accounts/default/alice/lock", json=ADMIN | {"duration_s": 10 * 365 * 86_400})
+    decade = client.post(
+        "/v1/accounts/default/alice/lock", json=ADMIN | {"duration_s": 10 * 365 * 86_400, "force": True}
+    )
     assert decade.status_code == 200, decade.text
     for format in ("json", "markdown", "html"):
         assert client.get(f"/v1/accounts/default/alice/incident?format={format}").status_code == 200

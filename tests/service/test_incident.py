@@ -169,7 +169,8 @@ def test_an_admin_lock_of_clean_mail_is_thin_evidence(client: TestClient) -> Non
         }
         client.post("/v1/score", json=body)
     locked = client.post(
-        "/v1/accounts/default/dave%40example.net/lock", json={"actor": "jo", "reason": "customer called about spam"}
+        "/v1/accounts/default/dave%40example.net/lock",
+        json={"actor": "jo", "reason": "customer called about spam", "force": True},
     )
     assert locked.status_code == 200
     report = incident(client, "dave@example.net").json()

@@ -38,6 +38,7 @@ from tests.service.test_score_api import SPAM, SPRAYED
 ACCOUNT = "hijacked"
 KEY = AccountKey("default", ACCOUNT)
 ADMIN = {"actor": "ops", "reason": "ticket 42"}
+LOCK = {**ADMIN, "force": True}  # bob and carol were never seen before their lock
 POSTGRES_ONLY = pytest.mark.parametrize("backend", ["postgresql", "postgresql+redis"], indirect=True)
 LOCK_TIMEOUT_MS = 300
 
@@ -196,7 +197,7 @@ def test_an_admin_change_the_database_refuses_is_not_applied(durable_settings: S
     url, key = durable_settings.database_url, AccountKey("default", "bob")
     with TestClient(create_app(durable_settings)) as client:
         with writes_refused(url):
-            refused = client.post("/v1/accounts/default/bob/lock", json=ADMIN)
+            refused = client.post("/v1/accounts/default/bob/lock", json=LOCK)
             assert refused.status_code == 503, refused.text
             assert refused.json()["error"] == "storage_unavailable"
             assert not hot_state(client, key).locked
@@ -204,7 +205,7 @@ def test_an_admin_change_the_database_refuses_is_not_applied(durable_settings: S
         hello = client.post("/v1/score", json={"message_id": "<b1@x>", "sasl_username": "bob", "raw": make_raw()})
         assert hello.json()["account_locked"] is False
 
-        assert client.post("/v1/accounts/default/bob/lock", json=ADMIN).status_code == 200
+        assert client.post("/v1/accounts/default/bob/lock", json=LOCK).status_code == 200
         with writes_refused(url):
             refused = client.post("/v1/accounts/default/bob/unlock", json=ADMIN)
             assert refused.status_code == 503, refused.text
@@ -219,7 +220,7 @@ def test_a_clean_verdict_the_database_refuses_does_not_unlock(durable_settings: 
     url, key = durable_settings.database_url, AccountKey("default", "carol")
     verdict = {"target": "account", "label": "clean", "relay": "default", "account": "carol", **ADMIN}
     with TestClient(create_app(durable_settings)) as client:
-        assert client.post("/v1/accounts/default/carol/lock", json=ADMIN).status_code == 200
+        assert client.post("/v1/accounts/default/carol/lock", json=LOCK).status_code == 200
         with writes_refused(url):
             refused = client.post("/v1/labels", json=verdict)
             assert refused.status_code == 503, refused.text

@@ -26,7 +26,7 @@ def test_metrics_count_requests_scores_and_actions(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'outguard_http_requests_total{method="POST",route="/v1/score",status="200"} 1.0' in text
     assert "outguard_spam_probability_count 1.0" in text
-    assert 'outguard_actions_total{action="accept"} 1.0' in text
+    assert 'outguard_actions_total{action="accept",relay="' in text
     assert "outguard_http_request_seconds_bucket" in text
     assert "outguard_model_info{" in text
 

@@ -41,7 +41,7 @@ def traffic(client: TestClient) -> TestClient:
     for event_id, kind, message in (("c", "complaint", 0), ("b", "bounce", 2), ("r", "reply", 3)):
         event = {"event_id": event_id, "type": kind, "message_id": f"<r{message}@x>", "recipient": "a@example.org"}
         assert client.post("/v1/feedback", json={**event, "timestamp": stamp(NOW - 60)}).status_code in (200, 201)
-    lock = client.post("/v1/accounts/r1/spammer/lock", json={"actor": "ops", "reason": "spam run"})
+    lock = client.post("/v1/accounts/r1/spammer/lock", json={"actor": "ops", "reason": "spam run", "force": True})
     assert lock.status_code == 200
     asyncio.run(client.app.state.container.events.flush())
     return client

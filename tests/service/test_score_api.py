@@ -173,3 +173,41 @@ def test_timestamps_drive_the_windows(client: TestClient) -> None:
     events = [e for e in read_scored(client.app.state.container.settings.database_url) if e["account"] == "timed"]
     assert events[1]["ts"] - events[0]["ts"] == 30
     assert events[1]["features"][FEATURE_INDEX["acct_msgs_1m"]] == 2
+
+
+def test_the_cpu_work_of_a_batch_or_a_big_message_runs_off_the_event_loop(client: TestClient) -> None:
+    """Parsing, features and the model of a batch run in the CPU worker thread, so the loop answers meanwhile.
+
+    The latency `/healthz` keeps while a batch of 1,000 is scored is measured by
+    `python -m bench.run` (docs/benchmarks.md), not here: no timed tests.
+    """
+    cpu = client.app.state.container.scorer.cpu
+    offloaded, inline = cpu.offloaded, cpu.inline
+    score(client, sasl_username="carol", recipients=["d@example.org"], raw=make_raw())
+    assert (cpu.offloaded, cpu.inline) == (offloaded, inline + 2)  # one small message: content and model inline
+
+    batch = [
+        {"message_id": f"<cpu{i}@example.net>", "sasl_username": "carol", "recipients": ["d@example.org"]}
+        | {"raw": make_raw(body=f"Message {i} of the batch.")}
+        for i in range(3)
+    ]
+    response = client.post("/v1/score/batch", json={"messages": batch})
+    assert response.status_code == 200, response.text
+    assert cpu.offloaded == offloaded + 2  # the batch's content features, then its model call
+    assert cpu.ran_in is not None and cpu.ran_in.startswith("outguard-cpu")
+    assert cpu.handed_over_from != cpu.ran_in
+
+    big = make_raw(body="A long letter. " * 6_000)  # 90 KB: over the inline limit
+    score(client, sasl_username="carol", recipients=["d@example.org"], raw=big)
+    assert cpu.offloaded == offloaded + 3 and cpu.ran_in.startswith("outguard-cpu")
+
+
+def test_a_body_orjson_refuses_is_parsed_as_before(client: TestClient) -> None:
+    """Bodies are parsed by orjson; a lone surrogate escape (what `json.dumps` writes for a bad byte) still passes."""
+    body = '{"message_id": "<s@example.net>", "sasl_username": "erin", "raw": "Subject: caf\\udce9\\r\\n\\r\\nHello"}'
+    response = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert client.post("/v1/score", content=b"{not json", headers={"content-type": "application/json"}).status_code in (
+        400,
+        422,
+    )

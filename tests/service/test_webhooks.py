@@ -21,6 +21,7 @@ pytestmark = pytest.mark.backends
 
 SECRET = "whsec-test-0123456789abcdef"
 ADMIN = {"actor": "ops", "reason": "ticket 1"}
+LOCK = {**ADMIN, "force": True}  # accounts never seen before
 
 
 class Receiver:
@@ -85,7 +86,7 @@ def wait_for(client: TestClient, webhook_id: int, status: str, timeout: float = 
 def test_a_lock_is_delivered_signed_with_its_evidence(hook_settings: Settings, receiver: Receiver) -> None:
     with TestClient(create_app(hook_settings)) as client:
         webhook_id = subscribe(client, receiver.url)
-        client.post(f"/v1/accounts/default/{quote('alice@example.net', safe='')}/lock", json=ADMIN)
+        client.post(f"/v1/accounts/default/{quote('alice@example.net', safe='')}/lock", json=LOCK)
         [delivery] = wait_for(client, webhook_id, "delivered")
     [(headers, body)] = receiver.received
     assert verify(SECRET, headers[HEADER], body)
@@ -103,7 +104,7 @@ def test_a_500_is_retried_and_every_attempt_is_visible(hook_settings: Settings) 
     try:
         with TestClient(create_app(hook_settings)) as client:
             webhook_id = subscribe(client, flaky.url)
-            client.post("/v1/accounts/default/bob/lock", json=ADMIN)
+            client.post("/v1/accounts/default/bob/lock", json=LOCK)
             [delivery] = wait_for(client, webhook_id, "delivered")
     finally:
         flaky.close()
@@ -116,7 +117,7 @@ def test_a_500_is_retried_and_every_attempt_is_visible(hook_settings: Settings) 
 def test_no_duplicate_delivery_after_a_restart(hook_settings: Settings, receiver: Receiver) -> None:
     with TestClient(create_app(hook_settings)) as client:
         webhook_id = subscribe(client, receiver.url)
-        client.post("/v1/accounts/default/carol/lock", json=ADMIN)
+        client.post("/v1/accounts/default/carol/lock", json=LOCK)
         wait_for(client, webhook_id, "delivered")
     with TestClient(create_app(hook_settings)) as restarted:
         restarted.post("/v1/accounts/default/carol/unlock", json=ADMIN)
@@ -132,7 +133,7 @@ def test_an_event_queued_while_the_receiver_is_down_is_delivered_after_a_restart
     slow_retry = hook_settings.model_copy(update={"webhook_backoff_s": 3600.0})
     with TestClient(create_app(slow_retry)) as client:
         webhook_id = subscribe(client, url)
-        client.post("/v1/accounts/default/dave/lock", json=ADMIN)
+        client.post("/v1/accounts/default/dave/lock", json=LOCK)
         deadline = time.monotonic() + 10
         while not client.get(f"/v1/webhooks/{webhook_id}/deliveries").json()["deliveries"][0]["attempts"]:
             assert time.monotonic() < deadline

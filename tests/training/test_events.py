@@ -81,7 +81,8 @@ def event_log(client: TestClient, settings: Settings) -> Path:
         assert client.post("/v1/feedback", json={**event, "timestamp": stamp(at + 100)}).status_code in (200, 201)
     verdict(client, target="message", label="spam", message_id="<b1@x>")
     verdict(client, target="message", label="ham", message_id="<b2@x>")
-    assert client.post("/v1/accounts/default/carol/lock", json={"actor": "ops", "reason": "leaked"}).status_code == 200
+    lock = {"actor": "ops", "reason": "leaked", "force": True}
+    assert client.post("/v1/accounts/default/carol/lock", json=lock).status_code == 200
     with sqlite3.connect(settings.sqlite_path) as db:
         db.execute(
             "INSERT INTO audit_log (ts, relay, account, action, actor, reason, from_status, to_status, details) "
