@@ -53,6 +53,11 @@ class Notifier(Protocol):
         """Queue the event durably for its subscribers."""
 
 
+def evidence(summary: str, **details: Any) -> dict[str, Any]:
+    """Every event's `evidence`, in one shape: a sentence for a person, and the figures behind it."""
+    return {"summary": summary, "details": details}
+
+
 class NullNotifier:
     async def announce(self, event_type: str, key: AccountKey, payload: dict[str, Any]) -> None:
         return None

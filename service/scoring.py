@@ -82,6 +82,7 @@ from service.lifecycle import (
 from service.metrics import Metrics
 from service.model_runtime import ModelHolder
 from service.notify import TRANSITION_EVENTS, Cooldown, Cooldowns, Notifier
+from service.notify import evidence as event_evidence
 from service.scanning import MalwareScanner, Scan
 from service.settings import RelayPolicy
 from service.stores import (
@@ -723,7 +724,7 @@ class Scorer:
             payload = {
                 "reason_codes": ["spam_content"],
                 "spam_probability": probability,
-                "evidence": why,
+                "evidence": event_evidence(why, spam_probability=probability, message_id=item.message.message_id),
                 "message_id": item.message.message_id,
                 "account_risk": decision.account_risk,
             }
@@ -740,6 +741,11 @@ class Scorer:
                 "messages_last_hour": per_hour,
                 "times_baseline": round(math.exp(vs_baseline), 1),
                 "account_risk": decision.account_risk,
+                "evidence": event_evidence(
+                    f"{per_hour:.0f} messages in the last hour, {math.exp(vs_baseline):.1f} times its baseline",
+                    messages_last_hour=per_hour,
+                    times_baseline=round(math.exp(vs_baseline), 1),
+                ),
             }
             await self.notifier.announce("account.volume_spike", item.key, payload)
 
@@ -809,6 +815,10 @@ class Scorer:
             "accounts": senders,
             "message_id": item.message.message_id,
         }
+        payload["evidence"] = event_evidence(
+            f"one content sent by {campaign.accounts_in_window} accounts ({campaign.new_accounts} of them new)",
+            **{k: payload[k] for k in ("campaign_id", "accounts_in_window", "new_accounts", "mean_spam_probability")},
+        )
         await self.notifier.announce("campaign.detected", item.key, payload)
 
     def _reasons(self, bundle: ModelBundle, row: np.ndarray, contributions: np.ndarray) -> list[Reason]:
@@ -951,7 +961,7 @@ def transition_payload(key: AccountKey, state: AccountState, transition: Transit
         "previous_status": transition.previous.value,
         "locked_until": state.locked_until,
         "automatic_locks": state.temporary_locks,
-        "evidence": transition.details,
+        "evidence": event_evidence(transition.reason, **transition.details),
     }
 
 

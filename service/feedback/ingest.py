@@ -18,6 +18,7 @@ from service.fingerprints.service import FingerprintService
 from service.fingerprints.signatures import SignatureAdd
 from service.metrics import Metrics
 from service.notify import Cooldown, Cooldowns, Notifier
+from service.notify import evidence as event_evidence
 from service.stores import (
     AccountKey,
     EngagementStore,
@@ -119,11 +120,13 @@ class FeedbackIngestor:
             if crossed and await self.cooldown.ready(key, event_type, at):
                 payload = {
                     "reason_codes": [outcome],
-                    "evidence": {
-                        "count": round(seen, 1),
-                        "rate": round(rates[rate_name], 4),
-                        "recipients": round(snapshot.recipients, 1),
-                    },
+                    "evidence": event_evidence(
+                        f"{seen:.0f} {outcome.replace('_', ' ')}s of {snapshot.recipients:.0f} recipients "
+                        f"({rates[rate_name]:.1%})",
+                        count=round(seen, 1),
+                        rate=round(rates[rate_name], 4),
+                        recipients=round(snapshot.recipients, 1),
+                    ),
                 }
                 await self.notifier.announce(event_type, key, payload)
 

@@ -143,8 +143,8 @@ def test_an_infected_attachment_is_refused_naming_the_virus_and_the_account_is_l
             events = {event["type"]: event for event in (json.loads(body) for _, body in receiver.received)}
             detected = events["account.malware_detected"]
             assert detected["account"] == "alice@example.net"
-            assert detected["evidence"]["signature"] == EICAR_FOUND
-            assert detected["evidence"]["message_id"] == "<m1@example.net>"
+            assert detected["evidence"]["details"]["signature"] == EICAR_FOUND
+            assert detected["evidence"]["details"]["message_id"] == "<m1@example.net>"
 
             report = client.get(account_url("alice@example.net", "/incident")).json()
             assert report["what_was_seen"]["malware"]["signatures"] == [{"signature": EICAR_FOUND, "messages": 1}]

@@ -188,5 +188,25 @@ def test_bounces_to_invalid_recipients_are_announced_once(hook_settings: Setting
         "spammer",
         ["invalid_recipient"],
     )
-    assert event["evidence"]["count"] >= 5
+    assert event["evidence"]["details"]["count"] >= 5 and "of" in event["evidence"]["summary"]
     assert delivery["event_type"] == "account.invalid_recipients"
+
+
+def test_every_event_type_carries_evidence_in_one_shape(hook_settings: Settings, receiver: Receiver) -> None:
+    """A spam run from one account: spam detected, a volume spike and the lock, each with a
+    sentence for a person and the figures behind it under `evidence`."""
+    from tests.service.test_score_api import SPAM, SPRAYED
+
+    events = ["account.locked", "account.spam_detected", "account.volume_spike", "account.rate_limited"]
+    with TestClient(create_app(hook_settings)) as client:
+        webhook_id = subscribe(client, receiver.url, events)
+        for n in range(30):
+            body = {"message_id": f"<run{n}@x>", "sasl_username": "mallory", "recipients": SPRAYED, "raw": SPAM}
+            assert client.post("/v1/score", json=body).status_code == 200
+        wait_for(client, webhook_id, "delivered")
+    received = [json.loads(body) for _, body in receiver.received]
+    assert {"account.spam_detected", "account.locked"} <= {e["type"] for e in received}
+    for event in received:
+        assert set(event["evidence"]) == {"summary", "details"}, event
+        assert isinstance(event["evidence"]["summary"], str) and event["evidence"]["summary"]
+        assert isinstance(event["evidence"]["details"], dict)
