@@ -41,6 +41,7 @@ METRICS = (
     "complaints",
     "replies",
     "locks",
+    "malware_detections",
 )
 SORTABLE = frozenset(METRICS) | {"relay", "account", "day", "identity_source"}
 
@@ -100,15 +101,18 @@ WITH m AS (
         sum(CASE WHEN type = 'reply' THEN 1 ELSE 0 END) AS replies
     FROM {feedback_rows} AS feedback WHERE 1 = 1 {identity_filter} GROUP BY {key_names}
 ), l AS (
-    SELECT {lock_select}, count(*) AS locks
-    FROM audit_log WHERE action IN ('locked', 'locked_temporary') AND {filters} GROUP BY {lock_names}
+    SELECT {lock_select}, sum(CASE WHEN action = 'malware_detected' THEN 0 ELSE 1 END) AS locks,
+        sum(CASE WHEN action = 'malware_detected' THEN 1 ELSE 0 END) AS malware_detections
+    FROM audit_log WHERE action IN ('locked', 'locked_temporary', 'malware_detected') AND {filters}
+    GROUP BY {lock_names}
 )
 SELECT {", ".join(f"m.{name} AS {name}" for name, _ in keys)}, m.messages AS messages,
     coalesce(m.recipients, 0) AS recipients, coalesce(m.spam_messages, 0) AS spam_messages,
     {sql.round("m.mean_spam_probability", 4)} AS mean_spam_probability,
     {sql.round("m.max_spam_probability", 4)} AS max_spam_probability,
     coalesce(f.bounces, 0) AS bounces, coalesce(f.complaints, 0) AS complaints,
-    coalesce(f.replies, 0) AS replies, coalesce(l.locks, 0) AS locks
+    coalesce(f.replies, 0) AS replies, coalesce(l.locks, 0) AS locks,
+    coalesce(l.malware_detections, 0) AS malware_detections
 FROM m LEFT JOIN f ON {join_on} LEFT JOIN l ON {lock_on}
 ORDER BY {column} {"DESC" if descending else "ASC"} NULLS LAST, {", ".join(f"m.{n}" for n, _ in keys)}
 """

@@ -154,6 +154,9 @@ def test_an_infected_attachment_is_refused_naming_the_virus_and_the_account_is_l
             assert "**Malware**: clamd found it in 1 message(s)" in markdown and EICAR_FOUND in markdown
 
             assert metric(client, 'outguard_malware_scans_total{result="infected"}') == 1
+            outbound = client.get("/v1/reports/outbound", params={"since": 0, "until": time.time() + 60}).json()
+            [row] = [r for r in outbound["rows"] if r["account"] == "alice@example.net"]
+            assert (row["malware_detections"], row["locks"]) == (1, 1)
 
             # Its content is known spam now: another account sending the same text is held.
             copy = score(client, "carol@example.net", mail(), message_id="<m2@example.net>")
