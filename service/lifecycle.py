@@ -115,7 +115,7 @@ def after_decision(
             _move(state, AccountStatus.ACTIVE, "rate_limit_lifted", SYSTEM_ACTOR, "risk fell", at, account_risk=risk)
         )
     action = decision.action
-    if state.status is AccountStatus.RATE_LIMITED and not _take_token(state, risk, at, policy):
+    if state.status is AccountStatus.RATE_LIMITED and not take_token(state, risk, at, policy):
         action = max(action, Action.DEFER, key=_SEVERITY.index)
     return action, transitions
 
@@ -130,7 +130,8 @@ def allowance_per_minute(risk: float, policy: RelayPolicy) -> float:
     return policy.rate_limit_per_minute - share * (policy.rate_limit_per_minute - policy.rate_limit_min_per_minute)
 
 
-def _take_token(state: AccountState, risk: float, at: float, policy: RelayPolicy) -> bool:
+def take_token(state: AccountState, risk: float, at: float, policy: RelayPolicy) -> bool:
+    """Spend one token of the account's rate-limit bucket if it has one (the scorer's and the policy gate's)."""
     tokens = policy.rate_limit_burst if state.tokens is None else state.tokens
     since = 0.0 if state.tokens_at is None else max(0.0, at - state.tokens_at)
     tokens = min(policy.rate_limit_burst, tokens + since * allowance_per_minute(risk, policy) / 60.0)

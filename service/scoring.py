@@ -664,7 +664,7 @@ class Scorer:
         if not transitions:
             return
         await self.ledger.record(key, state, transitions)
-        await self._announce_transitions(key, state, transitions)
+        await self.announce_transitions(key, state, transitions)
 
     async def _settle_lifecycle(self, key: AccountKey, state: AccountState, at: float) -> tuple[AccountState, bool]:
         """Before a message is judged: record the account's pending change, then a temporary lock that is due to end.
@@ -707,10 +707,11 @@ class Scorer:
         finally:
             self._committing.discard(key)
         if taken:
-            await self._announce_transitions(key, state, transitions)
+            await self.announce_transitions(key, state, transitions)
         return state, not state.pending_change
 
-    async def _announce_transitions(self, key: AccountKey, state: AccountState, transitions: list[Transition]) -> None:
+    async def announce_transitions(self, key: AccountKey, state: AccountState, transitions: list[Transition]) -> None:
+        """Count and announce lifecycle changes already recorded: one path for the scorer, admin and bulk."""
         for transition in transitions:
             self.metrics.transitions.labels(transition.action).inc()
             if (event_type := TRANSITION_EVENTS.get(transition.action)) is not None:

@@ -43,7 +43,7 @@ from service.adapters.replies import lock_info, locked_reply, rate_limited_reply
 from service.adapters.rspamc import RELAY, client_ip
 from service.decision import account_risk
 from service.identity import resolve_identity
-from service.lifecycle import _take_token, allowance_per_minute, lock_has_expired  # the scorer's own bucket
+from service.lifecycle import allowance_per_minute, lock_has_expired, take_token  # the scorer's own bucket
 from service.stores import AccountKey, AccountState, AccountStatus
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class PolicyGate:
             return Verdict(locked_reply(key.account, lock_info(key, state), policy).line, "reject")
         if state.status is AccountStatus.RATE_LIMITED and not state.pending_change:
             risk = account_risk(state.evidence, self.lock_threshold)
-            allowed = _take_token(state, risk, now, policy) if take else _tokens(state, risk, now, policy) >= 1.0
+            allowed = take_token(state, risk, now, policy) if take else _tokens(state, risk, now, policy) >= 1.0
             if not allowed:
                 return Verdict(rate_limited_reply(key.account, policy).line, "defer")
         return Verdict(DUNNO, "accept")
@@ -142,7 +142,7 @@ class PolicyGate:
 
 
 def _tokens(state: AccountState, risk: float, now: float, policy: RelayPolicy) -> float:
-    """The tokens the account's bucket holds now (what `_take_token` would find), without taking one."""
+    """The tokens the account's bucket holds now (what `take_token` would find), without taking one."""
     tokens = policy.rate_limit_burst if state.tokens is None else state.tokens
     since = 0.0 if state.tokens_at is None else max(0.0, now - state.tokens_at)
     return min(policy.rate_limit_burst, tokens + since * allowance_per_minute(risk, policy) / 60.0)

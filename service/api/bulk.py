@@ -326,7 +326,7 @@ async def commit(container: Container, operation: BulkOperation, planned: list[P
 
     async def announce(p: Planned) -> None:
         assert p.after is not None and p.transition is not None
-        await container.scorer._announce_transitions(p.key, p.after, [p.transition])  # the scorer's one path
+        await container.scorer.announce_transitions(p.key, p.after, [p.transition])
 
     await each(changed, apply)
     if failed:
