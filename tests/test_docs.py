@@ -39,7 +39,6 @@ ROOT = PROJECT_ROOT
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = [README, *sorted(DOCS.rglob("*.md"))]
-EXAMPLES = DOCS / "examples"
 RFC822 = {"content-type": "message/rfc822"}
 # Top-level folders of the repository: a backticked `folder/...` in the docs names a file there.
 REPO_FOLDERS = ("service", "features", "models", "training", "bench", "tests", "docs", ".ci")
@@ -53,6 +52,14 @@ def page_id(page: Path) -> str:
 
 
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+NAMED_FILE = re.compile(r"^```eml (\S+)[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def example_files() -> dict[str, bytes]:
+    """The reports the API page shows inline (```eml NAME blocks), which its curl examples post as @NAME."""
+    return {m.group(1): m.group(2).encode() for m in NAMED_FILE.finditer((DOCS / "api.md").read_text())}
 
 
 def fenced_blocks(text: str) -> list[tuple[str, str, int, int]]:
@@ -319,7 +326,8 @@ def run_curl(client: TestClient, args: list[str]) -> Response:
         elif word in ("-d", "--data", "--data-binary", "--data-raw"):
             value = next(words)
             if value.startswith("@") and word != "--data-raw":
-                body = (ROOT / value[1:]).read_bytes()
+                inline = example_files().get(value[1:])
+                body = inline if inline is not None else (ROOT / value[1:]).read_bytes()
                 if word != "--data-binary":  # curl -d strips the file's line breaks
                     body = body.replace(b"\r", b"").replace(b"\n", b"")
             else:
@@ -394,10 +402,11 @@ def test_the_readme_example_is_one_scored_message(client: TestClient) -> None:
 
 
 def test_the_example_reports_are_parsed_into_events(client: TestClient) -> None:
-    """docs/examples: a Postfix DSN and a feedback loop's ARF report about the README's message."""
+    """The API page's inline Postfix DSN and feedback loop ARF report about the README's message."""
+    files = example_files()
     [(command, _)] = curl_examples(README)
     assert run_curl(client, command).status_code == 200
-    bounce = client.post("/v1/feedback/dsn", content=(EXAMPLES / "bounce.eml").read_bytes(), headers=RFC822)
+    bounce = client.post("/v1/feedback/dsn", content=files["bounce.eml"], headers=RFC822)
     assert bounce.status_code == 200, bounce.text
     [event] = bounce.json()["events"]
     assert event | {"event_id": None} == {
@@ -408,11 +417,11 @@ def test_the_example_reports_are_parsed_into_events(client: TestClient) -> None:
         "account": "alice@example.net",
         "type": "bounce",
     }
-    complaint = client.post("/v1/feedback/arf", content=(EXAMPLES / "complaint.eml").read_bytes(), headers=RFC822)
+    complaint = client.post("/v1/feedback/arf", content=files["complaint.eml"], headers=RFC822)
     assert complaint.status_code == 200, complaint.text
     [event] = complaint.json()["events"]
     assert (event["type"], event["matched"], event["account"]) == ("complaint", True, "alice@example.net")
-    again = client.post("/v1/feedback/arf", content=(EXAMPLES / "complaint.eml").read_bytes(), headers=RFC822)
+    again = client.post("/v1/feedback/arf", content=files["complaint.eml"], headers=RFC822)
     assert again.json()["events"][0]["status"] == "duplicate"
 
 
