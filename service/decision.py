@@ -169,7 +169,7 @@ def corroboration(
     spam_campaign: bool = False,
     compromised_verdict: bool = False,
     malware: bool = False,
-    bad_outcomes: float = math.inf,
+    bad_outcomes: float = 0.0,
 ) -> tuple[str, ...]:
     """What, besides content, says a new account is sending spam (empty: nothing does).
 

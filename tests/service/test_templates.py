@@ -39,6 +39,9 @@ CUSTOMERS = ["Anna Berg", "Ben Okafor", "Carla Ruiz", "David Chen", "Emma Novak"
 ITEMS = [("Organic coffee beans 1kg", 24.90), ("Ceramic pour-over dripper", 32.00), ("Paper filters x100", 6.50)]
 
 
+BOUNCES = 3.0  # invalid recipients behind an engagement evidence of 5.5 nats
+
+
 def order_confirmation(n: int) -> str:
     """One fill of a shop's order template: the customer, the order number, the items and the code differ.
 
@@ -79,7 +82,8 @@ def send(
 ) -> tuple[bool, Standing]:
     """One message through the rule as scoring applies it; whether a lock is recommended after it."""
     established = is_established(behaviour.history_seconds, state.messages_scored, POLICY)
-    corroborated = bool(corroboration(behaviour, engagement, POLICY))
+    # The engagement these tests give (5.5 nats) is three invalid recipients of twenty.
+    corroborated = bool(corroboration(behaviour, engagement, POLICY, bad_outcomes=BOUNCES))
     counted, standing = content_evidence(
         state, values_of(raw), evidence, at, established=established, corroborated=corroborated, policy=POLICY
     )
@@ -215,7 +219,7 @@ def test_a_new_account_is_not_locked_on_content_alone() -> None:
     ],
 )
 def test_behaviour_corroborates_a_new_accounts_spam(behaviour: Behaviour, engagement: float, says: str) -> None:
-    assert corroboration(behaviour, engagement, POLICY) == (says,)
+    assert corroboration(behaviour, engagement, POLICY, bad_outcomes=BOUNCES) == (says,)
     state = AccountState()
     # Corroborated, a new account's run of one spam counts copy by copy: a run is a run.
     results = [send(state, make_raw(body=LOTTERY), START + n * 60, 3.3, behaviour, engagement) for n in range(5)]
